@@ -1,0 +1,64 @@
+"""LSTM against GRU on the same text and the same time budget, measured."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .train import LMArgs, load_run, train_lm
+
+
+@torch.no_grad()
+def inference_tokens_per_s(model, n: int = 400) -> float:
+    """Step-by-step generation speed at batch 1 (one forward call per token)."""
+    model.eval()
+    tok = torch.tensor([[2]])
+    state = None
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits, state = model(tok, state)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+    return n / (time.perf_counter() - t0)
+
+
+def compare(base: LMArgs, plot: str | None = None) -> list[dict]:
+    rows = []
+    histories = {}
+    for cell in ("lstm", "gru"):
+        a = replace(base, cell=cell, out=str(Path(base.out) / cell))
+        m = train_lm(a)
+        model, _, _ = load_run(a.out)
+        rows.append({"cell": cell, "params": sum(p.numel() for p in model.parameters()),
+                     "train_tokens_per_s": m["tokens_per_s"], "val_bpc": m["val_bpc"],
+                     "val_ppl": m["val_ppl"], "steps": m["steps"],
+                     "inference_tokens_per_s": inference_tokens_per_s(model)})
+        histories[cell] = m["history"]
+    Path(base.out).mkdir(parents=True, exist_ok=True)
+    (Path(base.out) / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for cell, hist in histories.items():
+            ax.plot([h["seconds"] for h in hist], [h["val_bpc"] for h in hist], marker="o", label=cell.upper())
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("validation bits per char")
+        ax.set_title("LSTM vs GRU, same data and time budget")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'cell':<6}{'params':>10}{'train tok/s':>13}{'val bpc':>9}{'val ppl':>9}{'infer tok/s':>13}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['cell'].upper():<6}{r['params']:>10,}{r['train_tokens_per_s']:>13,.0f}"
+                     f"{r['val_bpc']:>9.3f}{r['val_ppl']:>9.2f}{r['inference_tokens_per_s']:>13,.0f}")
+    return "\n".join(lines)

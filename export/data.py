@@ -1,0 +1,136 @@
+"""Data readers and deterministic splits.
+
+- `read_documents`: UTF-8 text files for a language model. A Debian fortune
+  file (entries separated by lines holding only `%`) gives one document per
+  entry; any other text gives one document per paragraph.
+- `read_labelled`: a CSV or TSV file with `label` and `text` columns.
+- `split`: a train/validation split fixed by a seed.
+
+Every problem with an input file raises `DataError` naming the file; the CLI
+turns it into a one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(Exception):
+    """A problem with an input file, worded for the user."""
+
+
+@dataclass
+class Document:
+    text: str
+    sep: str  # what followed the document in its file, so that joining restores the layout
+
+
+def read_utf8(path: str | Path) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder, not a file")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        f"convert it first, e.g. iconv -f latin1 -t utf-8") from None
+    text = text.lstrip("\ufeff").replace("\r\n", "\n")
+    if not text.strip():
+        raise DataError(f"{p}: empty file")
+    return text
+
+
+_FORTUNE_SEP = re.compile(r"^%\s*$", re.M)
+
+
+def is_fortune_text(text: str) -> bool:
+    """True when the text is a fortune file: several entries split by lines holding only %."""
+    return len(_FORTUNE_SEP.findall(text)) >= 2
+
+
+def split_fortunes(text: str) -> list[str]:
+    entries = (e.strip("\n") for e in _FORTUNE_SEP.split(text))
+    return [e + "\n" for e in entries if e.strip()]
+
+
+def read_documents(paths: list[str | Path], fmt: str = "auto") -> list[Document]:
+    """Documents of one or more text files. fmt: auto | fortune | text."""
+    if not paths:
+        raise DataError("no data file given")
+    docs: list[Document] = []
+    for path in paths:
+        text = read_utf8(path)
+        fortune = fmt == "fortune" or (fmt == "auto" and is_fortune_text(text))
+        if fortune:
+            entries = split_fortunes(text)
+            if not entries:
+                raise DataError(f"{path}: no fortune entries (entries are separated by lines holding only %)")
+            docs += [Document(e, "%\n") for e in entries]
+        else:
+            paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+            docs += [Document(p.strip("\n") + "\n", "\n") for p in paras]
+    return docs
+
+
+def join_documents(docs: list[Document]) -> str:
+    return "".join(d.text + d.sep for d in docs)
+
+
+def split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Shuffle with `seed` and hold out `val_fraction` (at least one item each side)."""
+    if len(items) < 2:
+        raise DataError("need at least two documents or rows to hold out a validation split")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
+    val = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+
+
+def lm_corpus(docs: list[Document], val_fraction: float, seed: int) -> tuple[str, str]:
+    """Train and validation text for a language model.
+
+    Split by document; a text with very few paragraphs is first cut into
+    blocks of lines so that the validation part is spread over the file."""
+    if len(docs) < 20:
+        lines = join_documents(docs).splitlines(keepends=True)
+        size = max(1, len(lines) // 40)
+        docs = [Document("".join(lines[i:i + size]), "") for i in range(0, len(lines), size)]
+    if len(docs) < 2:
+        raise DataError("the text is too short to hold out a validation split (need at least two lines)")
+    train, val = split(docs, val_fraction, seed)
+    return join_documents(train), join_documents(val)
+
+
+def read_labelled(path: str | Path) -> list[tuple[str, str]]:
+    """(label, text) rows of a CSV/TSV file with a header naming `label` and `text`."""
+    text = read_utf8(path)
+    first = text.split("\n", 1)[0]
+    if str(path).endswith(".tsv") or ("\t" in first and "," not in first):
+        delim = "\t"
+    else:
+        delim = ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in ("label", "text") if c not in cols]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (header has: {', '.join(cols) or 'nothing'})")
+    reader.fieldnames = cols
+    rows = []
+    for n, row in enumerate(reader, start=2):
+        label, t = (row.get("label") or "").strip(), row.get("text") or ""
+        if not label or not t.strip():
+            raise DataError(f"{path}: line {n}: empty label or text")
+        rows.append((label, t))
+    if not rows:
+        raise DataError(f"{path}: no rows after the header")
+    if len({r[0] for r in rows}) < 2:
+        raise DataError(f"{path}: only one class ({rows[0][0]!r}); a classifier needs at least two")
+    return rows

@@ -1,0 +1,231 @@
+"""Export a trained run to an ONNX artifact with explicit recurrent state.
+
+The contract (docs/artifact.md):
+
+    language model  inputs  tokens int64 [batch, time], h0 float32 [layers, batch, hidden], c0 (LSTM only)
+                    outputs logits float32 [batch, time, vocab], hn, cn (LSTM only)
+    classifier      inputs  tokens int64 [batch, time] (padded with pad_id), lengths int64 [batch]
+                    outputs logits float32 [batch, classes]
+
+`batch` and `time` are dynamic. The recurrent layers come out as ONNX's native
+LSTM/GRU operators (the TorchScript exporter emits them; for the classifier it
+turns packed sequences into the operator's `sequence_lens`). Parity with
+PyTorch is measured on the run's own validation text before anything is
+written; export fails, leaving nothing behind, when it is worse than 1e-4.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .models import Classifier, LanguageModel
+from .train import load_run, pad_batch
+
+FORMAT_VERSION = 1
+PARITY_LIMIT = 1e-4
+LM_INPUTS = {"lstm": ["tokens", "h0", "c0"], "gru": ["tokens", "h0"]}
+LM_OUTPUTS = {"lstm": ["logits", "hn", "cn"], "gru": ["logits", "hn"]}
+CLS_INPUTS, CLS_OUTPUTS = ["tokens", "lengths"], ["logits"]
+
+
+class ExportError(Exception):
+    pass
+
+
+class _LSTMStep(nn.Module):
+    def __init__(self, lm: LanguageModel):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens, h0, c0):
+        logits, (hn, cn) = self.lm(tokens, (h0, c0))
+        return logits, hn, cn
+
+
+class _GRUStep(nn.Module):
+    def __init__(self, lm: LanguageModel):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens, h0):
+        return self.lm(tokens, h0)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _export_graph(model: nn.Module, path: Path, opset: int) -> None:
+    if isinstance(model, LanguageModel):
+        wrapper = _LSTMStep(model) if model.cell == "lstm" else _GRUStep(model)
+        state = model.init_state(2)
+        args = (torch.zeros(2, 3, dtype=torch.long),) + (state if isinstance(state, tuple) else (state,))
+        inputs, outputs = LM_INPUTS[model.cell], LM_OUTPUTS[model.cell]
+        axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
+        axes.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
+    else:
+        wrapper = model
+        args = (torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 2]))
+        inputs, outputs = CLS_INPUTS, CLS_OUTPUTS
+        axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: it emits native LSTM/GRU nodes (the dynamo exporter
+        # cannot trace packed sequences, which the classifier needs).
+        torch.onnx.export(wrapper.eval(), args, str(path), dynamo=False, opset_version=opset,
+                          input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          do_constant_folding=True)
+    onnx.checker.check_model(str(path))
+
+
+def recurrent_ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type in ("LSTM", "GRU", "RNN", "Loop", "Scan")]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def lm_parity(model: LanguageModel, onnx_path: Path, token_rows: list[list[int]], prefill: int = 24,
+              steps: int = 8) -> float:
+    """Max |logit| (and state) difference over a batched prefill then single-token steps."""
+    sess = _session(onnx_path)
+    n = min(len(r) for r in token_rows)
+    prefill, steps = min(prefill, max(1, n - 1)), min(steps, max(0, n - min(prefill, max(1, n - 1))))
+    tokens = torch.tensor([r[: prefill + steps] for r in token_rows])
+    state = model.init_state(len(token_rows))
+    feed_state = list(state) if isinstance(state, tuple) else [state]
+    names = LM_INPUTS[model.cell]
+    worst = 0.0
+    chunks = [(0, prefill)] + [(prefill + k, prefill + k + 1) for k in range(steps)]
+    for a, b in chunks:
+        x = tokens[:, a:b]
+        logits, state = model(x, state)
+        outs = sess.run(None, {"tokens": x.numpy(), **{nm: s.numpy() for nm, s in zip(names[1:], feed_state)}})
+        ref_state = list(state) if isinstance(state, tuple) else [state]
+        worst = max(worst, float(np.abs(outs[0] - logits.numpy()).max()),
+                    *(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs[1:], ref_state)))
+        feed_state = [torch.from_numpy(o) for o in outs[1:]]
+    return worst
+
+
+@torch.no_grad()
+def classifier_parity(model: Classifier, onnx_path: Path, seqs: list[list[int]], pad_id: int) -> float:
+    sess = _session(onnx_path)
+    x, lengths = pad_batch(seqs, pad_id)
+    ref = model(x, lengths).numpy()
+    got = sess.run(None, {"tokens": x.numpy(), "lengths": lengths.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def _parity(model, path: Path, tok, sample: dict) -> float:
+    texts = [t for t in sample["texts"] if t] or ["The quick brown fox jumps over the lazy dog.\n"]
+    if isinstance(model, LanguageModel):
+        rows = [tok.encode(t) for t in texts]
+        n = min(32, min(len(r) for r in rows))
+        if n < 2:
+            rows, n = [tok.encode("The quick brown fox jumps over the lazy dog.\n")] * 2, 32
+        rows = [r[:n] for r in rows[:8]]
+        if len(rows) == 1:
+            rows = rows * 2
+        return lm_parity(model, path, rows, prefill=n // 2, steps=n - n // 2)
+    seqs = [tok.encode(t) or [tok.unk_id] for t in texts[:16]]
+    if len(seqs) == 1:
+        seqs.append(seqs[0][: max(1, len(seqs[0]) // 2)])
+    return classifier_parity(model, path, seqs, tok.pad_id)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str | None = None,
+           force: bool = False) -> dict:
+    run, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
+    model, tok, metrics = load_run(run)
+    sample_path = run / "val_sample.json"
+    sample = json.loads(sample_path.read_text()) if sample_path.exists() else {"texts": []}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        onnx_path = tmp / "model.onnx"
+        _export_graph(model, onnx_path, opset)
+        parity = _parity(model, onnx_path, tok, sample)
+        if not parity <= PARITY_LIMIT:
+            raise ExportError(f"parity check failed: max |ONNX - PyTorch| = {parity:.3g} > {PARITY_LIMIT} "
+                              f"(nothing written to {out})")
+        cfg = model.config
+        lm = cfg["kind"] == "lm"
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": cfg["kind"],
+            "cell": cfg["cell"],
+            "layers": cfg["num_layers"],
+            "hidden": cfg["hidden_size"],
+            "embed": cfg["embed_dim"],
+            "vocab_size": cfg["vocab_size"],
+            "bidirectional": not lm,
+            "inputs": LM_INPUTS[cfg["cell"]] if lm else CLS_INPUTS,
+            "outputs": LM_OUTPUTS[cfg["cell"]] if lm else CLS_OUTPUTS,
+            "labels": None if lm else metrics.get("labels") or metrics["train"].get("labels"),
+            "pad_id": tok.pad_id,
+            "unk_id": tok.unk_id,
+            "bos_text": "\n" if lm else None,
+            "tokenizer": "tokenizer.json",
+            "onnx": "model.onnx",
+            "onnx_sha256": sha256_file(onnx_path),
+            "onnx_bytes": onnx_path.stat().st_size,
+            "opset": opset,
+            "recurrent_ops": recurrent_ops(onnx_path),
+            "metrics": {k: v for k, v in metrics.items() if k not in ("history", "train")},
+            "parity": parity,
+            "int8": None,
+            "exported_from": {
+                "run_dir": str(run.resolve()),
+                "checkpoint_sha256": sha256_file(run / "checkpoint.pt"),
+                "train_args": metrics.get("train", {}),
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        }
+        if quantize == "int8":
+            q = tmp / "model.int8.onnx"
+            quantize_int8(onnx_path, q)
+            manifest["int8"] = {"onnx": q.name, "onnx_sha256": sha256_file(q), "onnx_bytes": q.stat().st_size,
+                                "parity": _parity(model, q, tok, sample)}
+        elif quantize:
+            raise ExportError(f"--quantize: unknown mode {quantize!r} (known: int8)")
+        shutil.copy(run / "tokenizer.json", tmp / "tokenizer.json")
+        (tmp / "model.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

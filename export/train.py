@@ -1,0 +1,386 @@
+"""Training loops, validation metrics and checkpoints.
+
+Language models train with truncated backpropagation through time: the text
+is laid out as `batch_size` contiguous streams, read `seq_len` characters at a
+time, and the (detached) state is carried from one chunk to the next, so the
+model sees context longer than one chunk. Classifiers train on batches of
+similar length (length buckets), so little compute goes into padding.
+
+A run folder holds `checkpoint.pt` (state dict + JSON config, loadable with
+`torch.load(weights_only=True)`), `tokenizer.json` and `metrics.json`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import data as D
+from service.evaluate import classification_report  # torch-free; eval reports the same figures
+
+from .models import Classifier, LanguageModel, build
+from .tokenizer import CharTokenizer, Tokenizer, load as load_tokenizer
+
+LN2 = math.log(2)
+
+
+@dataclass
+class LMArgs:
+    data: list[str]
+    out: str
+    cell: str = "lstm"
+    layers: int = 1
+    hidden: int = 512
+    embed: int = 64
+    dropout: float = 0.0
+    seq_len: int = 128
+    batch_size: int = 32
+    lr: float = 3e-3
+    steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    threads: int | None = None
+    val_fraction: float = 0.05
+    eval_every: int = 0  # steps; 0 = once per epoch (and at the end)
+    clip: float = 1.0
+    format: str = "auto"
+    quiet: bool = False
+
+
+@dataclass
+class ClassifierArgs:
+    data: str
+    out: str
+    cell: str = "lstm"
+    hidden: int = 128
+    embed: int = 64
+    dropout: float = 0.3
+    layers: int = 2
+    batch_size: int = 64
+    lr: float = 2e-3
+    steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    threads: int | None = None
+    val_fraction: float = 0.1
+    max_len: int = 400
+    min_char_count: int = 2
+    eval_every: int = 0
+    clip: float = 1.0
+    val_data: str | None = None
+    quiet: bool = False
+
+
+def set_seed(seed: int, threads: int | None) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def progress(total: int | None, desc: str, quiet: bool):
+    # The bar is for people: off when output goes to a file or a pipe, or with --quiet.
+    return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+                unit="step")
+
+
+class Schedule:
+    """Learning rate: linear warm-up, then cosine decay to 5% over the run.
+
+    The run's length is whichever limit comes first (steps, epochs or the
+    time budget), so progress is measured against all of them."""
+
+    def __init__(self, opt, lr: float, total_steps: int | None, budget: float | None, warmup: int = 50):
+        self.opt, self.lr, self.total, self.budget, self.warmup = opt, lr, total_steps, budget, warmup
+        self.t0 = time.monotonic()
+
+    def progress(self, step: int) -> float:
+        p = 0.0
+        if self.total:
+            p = max(p, step / self.total)
+        if self.budget:
+            p = max(p, (time.monotonic() - self.t0) / self.budget)
+        return min(p, 1.0)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
+
+    def update(self, step: int) -> float:
+        scale = min(1.0, (step + 1) / self.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self.progress(step))))
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr * scale
+        return self.lr * scale
+
+
+def save_run(out: Path, model: nn.Module, tok: Tokenizer, train_config: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save({"state_dict": model.state_dict(), "config": model.config, "train": train_config}, tmp)
+    os.replace(tmp, out / "checkpoint.pt")
+    (out / "tokenizer.json").write_text(json.dumps(tok.to_json(), ensure_ascii=False), encoding="utf-8")
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
+    run = Path(run_dir)
+    ck = run / "checkpoint.pt"
+    if not ck.exists():
+        raise D.DataError(f"{ck}: no checkpoint (train one with `rnnserve train`)")
+    blob = torch.load(ck, map_location="cpu", weights_only=True)
+    model = build(blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics.setdefault("train", blob.get("train", {}))
+    return model, load_tokenizer(run / "tokenizer.json"), metrics
+
+
+def save_val_sample(out: Path, texts: list[str], labels: list[str] | None = None) -> None:
+    """A few validation texts kept with the run: export checks parity on them."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "val_sample.json", {"texts": texts, "labels": labels})
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- language model
+
+
+def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
+    """Lay the id sequence out as `batch_size` contiguous rows (batch, n)."""
+    n = len(ids) // batch_size
+    if n < 2:
+        raise D.DataError(f"text too short for batch size {batch_size}: {len(ids)} tokens")
+    return torch.tensor(ids[: n * batch_size], dtype=torch.long).view(batch_size, n)
+
+
+@torch.no_grad()
+def evaluate_lm(model: LanguageModel, ids: list[int], batch_size: int = 16, seq_len: int = 256) -> dict:
+    """Mean cross-entropy over the text read as `batch_size` streams, state carried across chunks."""
+    model.eval()
+    batch_size = max(1, min(batch_size, len(ids) // 2))
+    rows = batchify(ids, batch_size)
+    state, total, count = None, 0.0, 0
+    for i in range(0, rows.shape[1] - 1, seq_len):
+        x = rows[:, i:i + seq_len]
+        y = rows[:, i + 1:i + 1 + seq_len]
+        x = x[:, : y.shape[1]]
+        logits, state = model(x, state)
+        total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                             reduction="sum").item()
+        count += y.numel()
+    loss = total / count
+    return {"val_loss": loss, "val_bpc": loss / LN2, "val_ppl": math.exp(loss), "val_tokens": count}
+
+
+def train_lm(a: LMArgs) -> dict:
+    set_seed(a.seed, a.threads)
+    out = Path(a.out)
+    docs = D.read_documents(a.data, a.format)
+    train_text, val_text = D.lm_corpus(docs, a.val_fraction, a.seed)
+    tok = CharTokenizer.build([train_text])
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    model = LanguageModel(tok.vocab_size, a.cell, a.layers, a.hidden, a.embed, a.dropout)
+    rows = batchify(train_ids, a.batch_size)
+    chunks_per_epoch = max(1, (rows.shape[1] - 1) // a.seq_len)
+    total = a.steps or (round(a.epochs * chunks_per_epoch) if a.epochs else None)
+    if total is None and a.time_budget is None:
+        total = 10 * chunks_per_epoch  # default: ten passes over the text
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    sched = Schedule(opt, a.lr, total, a.time_budget)
+    eval_every = a.eval_every or chunks_per_epoch
+    history, best, step, seen, t0 = [], None, 0, 0, time.monotonic()
+    train_cfg = {**asdict(a), "vocab_size": tok.vocab_size, "train_chars": len(train_text),
+                 "val_chars": len(val_text)}
+
+    def validate():
+        nonlocal best
+        m = evaluate_lm(model, val_ids)
+        m.update(step=step, train_tokens=seen, seconds=round(time.monotonic() - t0, 2))
+        history.append(m)
+        if best is None or m["val_loss"] < best["val_loss"]:
+            best = m
+            save_run(out, model, tok, train_cfg)
+        model.train()
+        return m
+
+    save_val_sample(out, [val_text[i * 200:(i + 1) * 200] for i in range(8) if len(val_text) >= (i + 1) * 200]
+                    or [val_text])
+    model.train()
+    bar = progress(total, f"train lm ({a.cell})", a.quiet)
+    state, epoch_offset = None, 0
+    while not sched.done(step):
+        pos = (step % chunks_per_epoch) * a.seq_len
+        if pos == 0:
+            # New pass: shift the chunk grid a little so boundaries differ between epochs.
+            epoch_offset = random.randrange(0, max(1, min(a.seq_len, rows.shape[1] - a.seq_len * chunks_per_epoch)))
+            state = None
+        x = rows[:, epoch_offset + pos: epoch_offset + pos + a.seq_len]
+        y = rows[:, epoch_offset + pos + 1: epoch_offset + pos + 1 + a.seq_len]
+        x = x[:, : y.shape[1]]
+        if state is not None:
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        lr = sched.update(step)
+        logits, state = model(x, state)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clipping the gradient norm stops the rare exploding step of an RNN from wrecking the weights.
+        nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        opt.step()
+        step += 1
+        seen += y.numel()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", bpc=f"{loss.item() / LN2:.3f}", lr=f"{lr:.1e}",
+                        tok_s=f"{seen / (time.monotonic() - t0):.0f}")
+        if step % eval_every == 0:
+            m = validate()
+            if not a.quiet:
+                bar.write(f"step {step}: val bpc {m['val_bpc']:.3f} ppl {m['val_ppl']:.2f}")
+    bar.close()
+    if not history or history[-1]["step"] != step:
+        validate()
+    seconds = time.monotonic() - t0
+    metrics = {"kind": "lm", "val_bpc": best["val_bpc"], "val_loss": best["val_loss"], "val_ppl": best["val_ppl"],
+               "best_step": best["step"], "train_tokens": seen, "steps": step, "seconds": round(seconds, 2),
+               "tokens_per_s": round(seen / seconds, 1), "history": history}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    x = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return x, lengths
+
+
+def bucket_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar length, in random order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 50  # sort within pools so batches stay random across epochs
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i:i + pool], key=lambda j: lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def predict(model: Classifier, seqs: list[list[int]], pad_id: int, batch_size: int = 256) -> list[int]:
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    preds = [0] * len(seqs)
+    for k in range(0, len(order), batch_size):
+        idx = order[k:k + batch_size]
+        x, lengths = pad_batch([seqs[i] for i in idx], pad_id)
+        for i, p in zip(idx, model(x, lengths).argmax(1).tolist()):
+            preds[i] = p
+    return preds
+
+
+def encode_rows(tok: Tokenizer, rows, label_ids: dict, max_len: int):
+    seqs = [tok.encode(t)[:max_len] or [tok.unk_id] for _, t in rows]
+    return seqs, [label_ids[l] for l, _ in rows]
+
+
+def train_classifier(a: ClassifierArgs) -> dict:
+    set_seed(a.seed, a.threads)
+    out = Path(a.out)
+    rows = D.read_labelled(a.data)
+    if a.val_data:
+        train_rows, val_rows = rows, D.read_labelled(a.val_data)
+    else:
+        train_rows, val_rows = D.split(rows, a.val_fraction, a.seed)
+    labels = sorted({l for l, _ in train_rows})
+    unseen = sorted({l for l, _ in val_rows} - set(labels))
+    if unseen:
+        raise D.DataError(f"{a.val_data or a.data}: validation labels never seen in training: {unseen}")
+    label_ids = {l: i for i, l in enumerate(labels)}
+    tok = CharTokenizer.build((t for _, t in train_rows), min_count=a.min_char_count)
+    xs, ys = encode_rows(tok, train_rows, label_ids, a.max_len)
+    vx, vy = encode_rows(tok, val_rows, label_ids, a.max_len)
+    model = Classifier(tok.vocab_size, len(labels), a.cell, a.hidden, a.embed, a.dropout, a.layers, tok.pad_id)
+    rng = random.Random(a.seed)
+    steps_per_epoch = math.ceil(len(xs) / a.batch_size)
+    total = a.steps or (round(a.epochs * steps_per_epoch) if a.epochs else None)
+    if total is None and a.time_budget is None:
+        total = 10 * steps_per_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    sched = Schedule(opt, a.lr, total, a.time_budget)
+    eval_every = a.eval_every or steps_per_epoch
+    lengths = [len(s) for s in xs]
+    train_cfg = {**asdict(a), "labels": labels, "vocab_size": tok.vocab_size, "n_train": len(xs)}
+    history, best, step, seen, t0 = [], None, 0, 0, time.monotonic()
+
+    def validate():
+        nonlocal best
+        m = classification_report(vy, predict(model, vx, tok.pad_id), labels)
+        m.update(step=step, seconds=round(time.monotonic() - t0, 2))
+        history.append({k: m[k] for k in ("step", "seconds", "accuracy", "macro_f1")})
+        if best is None or (m["macro_f1"], m["accuracy"]) > (best["macro_f1"], best["accuracy"]):
+            best = m
+            save_run(out, model, tok, train_cfg)
+        model.train()
+        return m
+
+    save_val_sample(out, [t[: a.max_len] for _, t in val_rows[:16]], [l for l, _ in val_rows[:16]])
+    model.train()
+    bar = progress(total, f"train classifier ({a.cell})", a.quiet)
+    batches: list[list[int]] = []
+    while not sched.done(step):
+        if not batches:
+            batches = bucket_batches(lengths, a.batch_size, rng)
+        idx = batches.pop()
+        x, lens = pad_batch([xs[i] for i in idx], tok.pad_id)
+        y = torch.tensor([ys[i] for i in idx])
+        lr = sched.update(step)
+        loss = nn.functional.cross_entropy(model(x, lens), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        opt.step()
+        step += 1
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", ex_s=f"{seen / (time.monotonic() - t0):.0f}")
+        if step % eval_every == 0:
+            m = validate()
+            if not a.quiet:
+                bar.write(f"step {step}: val accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+    bar.close()
+    if not history or history[-1]["step"] != step:
+        validate()
+    seconds = time.monotonic() - t0
+    metrics = {"kind": "classifier", "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
+               "labels": labels, "confusion": best["confusion"], "per_class": best["per_class"],
+               "n_val": len(vy), "n_train": len(xs), "best_step": best["step"], "steps": step,
+               "seconds": round(seconds, 2), "history": history}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def format_confusion(conf: list[list[int]], labels: list[str]) -> str:
+    w = max(6, *(len(l) for l in labels)) + 1
+    lines = ["true\\pred".ljust(w) + "".join(l.rjust(w) for l in labels)]
+    lines += [labels[i].ljust(w) + "".join(str(v).rjust(w) for v in row) for i, row in enumerate(conf)]
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""The `rnnserve` command line.
+
+Offline commands (train, sample, compare, export) need the `train` extra
+(torch); eval and serve need only the runtime (onnxruntime). Each command
+imports what it needs when it runs, so `rnnserve serve` never loads torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXAMPLES = """\
+examples:
+  rnnserve train lm --data input.txt --out runs/lm --time-budget 120
+  rnnserve sample runs/lm --prompt "The " --max-tokens 200 --temperature 0.8
+  rnnserve export runs/lm --out artifacts/lm
+  rnnserve eval artifacts/lm --data held_out.txt
+  rnnserve serve --model mylm=artifacts/lm
+"""
+
+
+class UserError(Exception):
+    """Raised for problems the user can fix; printed as one line, exit code 2."""
+
+
+def _env(name: str, default):
+    return os.environ.get(name, default)
+
+
+def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for checkpoint.pt, tokenizer.json, metrics.json")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default: lstm)")
+    p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=512 if lm else 128, help="hidden units per layer (default: %(default)s)")
+    p.add_argument("--embed", type=int, default=64, help="embedding size (default: %(default)s)")
+    p.add_argument("--dropout", type=float, default=0.0 if lm else 0.3,
+                   help="dropout between layers and before the output layer (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32 if lm else 64, help="sequences per batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3 if lm else 2e-3, help="peak Adam learning rate (default: %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, help="stop after this many optimiser steps")
+    g.add_argument("--epochs", type=float, help="stop after this many passes over the training data")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop cleanly when this many seconds are spent (evaluates and saves first)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and batches (default: 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                   help="validate every N steps (default: once per epoch, and at the end)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="rnnserve",
+        description="Train LSTM/GRU text models, export them to ONNX and serve them over HTTP.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # train
+    tr = sub.add_parser("train", help="train a language model or a classifier (needs the train extra)",
+                        description="Train a model from local files. Writes RUN_DIR/checkpoint.pt (best "
+                                    "validation score), tokenizer.json and metrics.json.")
+    trs = tr.add_subparsers(dest="what", required=True, metavar="WHAT")
+    lm = trs.add_parser("lm", help="character language model on UTF-8 text files",
+                        description="Train a character language model on one or more UTF-8 text files. "
+                                    "Debian fortune files (entries between lines holding only %%) are read "
+                                    "entry by entry; 5%% of the documents are held out for validation "
+                                    "(bits per char and perplexity).")
+    lm.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
+    lm.add_argument("--format", choices=["auto", "text", "fortune"], default="auto",
+                    help="how to split the files into documents (default: auto-detect fortune files)")
+    lm.add_argument("--seq-len", type=int, default=128, help="characters per backprop-through-time chunk (default: 128)")
+    add_train_common(lm, lm=True)
+    cl = trs.add_parser("classifier", help="text classifier on a labelled CSV/TSV file",
+                        description="Train a bidirectional 2-layer LSTM/GRU text classifier on a CSV or TSV "
+                                    "file with `label` and `text` columns. Reports accuracy, macro-F1, "
+                                    "per-class precision/recall and the confusion matrix.")
+    cl.add_argument("--data", required=True, metavar="FILE", help="CSV/TSV with label and text columns")
+    cl.add_argument("--val-data", metavar="FILE", help="separate validation CSV/TSV (default: hold out 10%% of --data)")
+    cl.add_argument("--max-len", type=int, default=400, help="characters of each text used (default: 400)")
+    add_train_common(cl, lm=False)
+
+    # sample
+    sp = sub.add_parser("sample", help="print text sampled from a trained language model (needs the train extra)",
+                        description="Generate text from a run folder's checkpoint, carrying the RNN state "
+                                    "token by token.")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("--prompt", default="", help="text to start from (default: start of a document)")
+    sp.add_argument("--max-tokens", type=int, default=300)
+    sp.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    sp.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    sp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    sp.add_argument("--seed", type=int, default=None)
+
+    # compare
+    cp = sub.add_parser("compare", help="train an LSTM and a GRU on the same budget and compare them",
+                        description="Train an LSTM and a GRU language model on the same text with the same "
+                                    "time budget and print parameters, training tokens/s, validation bpc "
+                                    "and inference tokens/s.")
+    cp.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    cp.add_argument("--time-budget", type=float, required=True, metavar="SECONDS", help="per model")
+    cp.add_argument("--out", default="runs/compare", help="where the two runs go (default: runs/compare)")
+    cp.add_argument("--plot", metavar="FILE.png", help="draw the validation curves (needs matplotlib)")
+    cp.add_argument("--layers", type=int, default=1)
+    cp.add_argument("--hidden", type=int, default=512)
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--threads", type=int, default=None)
+    cp.add_argument("--quiet", action="store_true")
+
+    # export
+    ex = sub.add_parser("export", help="turn a run folder into an ONNX artifact (needs the train extra)",
+                        description="Export RUN_DIR to ARTIFACT_DIR (model.onnx, tokenizer.json, model.json) "
+                                    "with explicit recurrent state and native ONNX LSTM/GRU operators. "
+                                    "Fails, writing nothing, if ONNX Runtime and PyTorch disagree by more "
+                                    "than 1e-4.")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--out", required=True, metavar="ARTIFACT_DIR")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    ex.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised model.int8.onnx")
+    ex.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
+
+    # eval
+    ev = sub.add_parser("eval", help="evaluate an exported artifact with onnxruntime alone",
+                        description="Evaluate an artifact with onnxruntime (no torch): bits per char on a "
+                                    "text file for a language model; accuracy, macro-F1, per-class recall "
+                                    "and the confusion matrix on a labelled CSV/TSV for a classifier.")
+    ev.add_argument("artifact", metavar="ARTIFACT_DIR")
+    ev.add_argument("--data", required=True, metavar="FILE")
+    ev.add_argument("--int8", action="store_true", help="evaluate model.int8.onnx instead of model.onnx")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--limit", type=int, default=None, help="use only the first N rows / characters")
+
+    from service.cli import add_serve_parser  # torch-free
+    add_serve_parser(sub)
+    return ap
+
+
+def _lm_args(a):
+    from export.train import LMArgs
+    return LMArgs(data=a.data, out=a.out, cell=a.cell, layers=a.layers, hidden=a.hidden, embed=a.embed,
+                  dropout=a.dropout, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr, steps=a.steps,
+                  epochs=a.epochs, time_budget=a.time_budget, seed=a.seed, threads=a.threads,
+                  eval_every=a.eval_every, format=a.format, quiet=a.quiet)
+
+
+def cmd_train(a) -> None:
+    from export import train as T
+    if a.what == "lm":
+        m = T.train_lm(_lm_args(a))
+        print(f"best val bpc {m['val_bpc']:.3f} (ppl {m['val_ppl']:.2f}) at step {m['best_step']}; "
+              f"{m['train_tokens']:,} training tokens in {m['seconds']:.0f}s; saved to {a.out}")
+    else:
+        args = T.ClassifierArgs(data=a.data, out=a.out, cell=a.cell, hidden=a.hidden, embed=a.embed,
+                                dropout=a.dropout, layers=a.layers, batch_size=a.batch_size, lr=a.lr,
+                                steps=a.steps, epochs=a.epochs, time_budget=a.time_budget, seed=a.seed,
+                                threads=a.threads, max_len=a.max_len, eval_every=a.eval_every,
+                                val_data=a.val_data, quiet=a.quiet)
+        m = T.train_classifier(args)
+        print(f"best val accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on {m['n_val']} rows "
+              f"(step {m['best_step']}, {m['seconds']:.0f}s); saved to {a.out}")
+        print(T.format_confusion(m["confusion"], m["labels"]))
+
+
+def cmd_sample(a) -> None:
+    from export.train import load_run
+    model, tok, _ = load_run(a.run_dir)
+    if model.config["kind"] != "lm":
+        raise UserError(f"{a.run_dir}: holds a classifier; sample needs a language model")
+    text = a.prompt or "\n"
+    ids = tok.encode(text)
+    out = model.generate(ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed)
+    print(a.prompt + tok.decode(out))
+
+
+def cmd_compare(a) -> None:
+    from export.compare import compare, format_table
+    from export.train import LMArgs
+    base = LMArgs(data=a.data, out=a.out, layers=a.layers, hidden=a.hidden, time_budget=a.time_budget,
+                  seed=a.seed, threads=a.threads, quiet=a.quiet)
+    print(format_table(compare(base, a.plot)))
+
+
+def cmd_export(a) -> None:
+    from export.onnx_export import export
+    m = export(a.run_dir, a.out, a.opset, a.quantize, a.force)
+    print(f"exported {m['kind']} ({m['cell']}, {m['layers']} layer(s), hidden {m['hidden']}) to {a.out}: "
+          f"ops {','.join(sorted(set(m['recurrent_ops'])))}, parity {m['parity']:.2e}")
+    if m["int8"]:
+        print(f"int8: {m['int8']['onnx_bytes']:,} bytes (float32 {m['onnx_bytes']:,}), parity {m['int8']['parity']:.3g}")
+
+
+def cmd_eval(a) -> None:
+    from service.evaluate import evaluate, format_report
+    report = evaluate(a.artifact, a.data, int8=a.int8, limit=a.limit)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if a.json else format_report(report))
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    handlers = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare, "export": cmd_export,
+                "eval": cmd_eval}
+    from service.cli import serve_handlers
+    handlers.update(serve_handlers())
+    try:
+        handlers[a.command](a)
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "onnx", "tqdm"):
+            print(f"rnnserve {a.command}: needs the training extra ({e.name} is missing): "
+                  f"pip install -e '.[train]'", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # user-facing errors from both halves share one shape
+        if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError"):
+            print(f"rnnserve {a.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Load an exported artifact with onnxruntime and numpy alone (never torch).
+
+An artifact folder holds model.onnx, tokenizer.json and model.json (the
+manifest); docs/artifact.md is the format. `load_artifact` checks the format
+version, the ONNX file's sha256 and that the graph's inputs and outputs are the
+ones the manifest names, and raises ArtifactError naming the file and the
+mismatch otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+SUPPORTED_FORMAT = 1
+REQUIRED_KEYS = ("format_version", "kind", "cell", "layers", "hidden", "vocab_size", "bidirectional",
+                 "inputs", "outputs", "pad_id", "unk_id", "onnx_sha256", "opset")
+EXPECTED_IO = {
+    ("lm", "lstm"): (["tokens", "h0", "c0"], ["logits", "hn", "cn"]),
+    ("lm", "gru"): (["tokens", "h0"], ["logits", "hn"]),
+    ("classifier", "lstm"): (["tokens", "lengths"], ["logits"]),
+    ("classifier", "gru"): (["tokens", "lengths"], ["logits"]),
+}
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be served; the message names the file and the problem."""
+
+
+class CharTokenizer:
+    """The `char` tokenizer of tokenizer.json: id = position in `vocab`; 0 pad, 1 unknown."""
+
+    def __init__(self, vocab: list[str], pad_id: int, unk_id: int):
+        self.itos = vocab
+        self.pad_id, self.unk_id = pad_id, unk_id
+        self.stoi = {c: i for i, c in enumerate(vocab) if i not in (pad_id, unk_id)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        get, unk = self.stoi.get, self.unk_id
+        return [get(c, unk) for c in text]
+
+    def piece(self, token_id: int) -> str:
+        """The text of one generated id: padding gives nothing, the unknown id U+FFFD."""
+        if token_id == self.pad_id:
+            return ""
+        return self.itos[token_id] if token_id != self.unk_id else "\ufffd"
+
+    def decode(self, ids) -> str:
+        return "".join(self.piece(int(i)) for i in ids)
+
+
+def load_tokenizer(path: Path) -> CharTokenizer:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: cannot read tokenizer ({e})") from None
+    if d.get("type") != "char":
+        raise ArtifactError(f"{path}: tokenizer type {d.get('type')!r} is not supported (supported: 'char')")
+    vocab = d.get("vocab")
+    if not isinstance(vocab, list) or len(vocab) < 3:
+        raise ArtifactError(f"{path}: 'vocab' must be a list of at least 3 entries")
+    return CharTokenizer(vocab, int(d.get("pad_id", 0)), int(d.get("unk_id", 1)))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    name: str
+    path: Path
+    manifest: dict
+    tokenizer: CharTokenizer
+    session: ort.InferenceSession
+    onnx_file: str
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.manifest["cell"] == "lstm"
+
+    @property
+    def state_shape_per_row(self) -> tuple[int, int]:
+        return self.manifest["layers"], self.manifest["hidden"]
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of recurrent state one sequence carries (h, and c for an LSTM), float32."""
+        layers, hidden = self.state_shape_per_row
+        return layers * hidden * 4 * (2 if self.is_lstm else 1)
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {"name": self.name, "kind": m["kind"], "cell": m["cell"], "layers": m["layers"],
+                "hidden": m["hidden"], "vocab_size": m["vocab_size"], "labels": m.get("labels"),
+                "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
+                "metrics": m.get("metrics"), "state_bytes": self.state_bytes if m["kind"] == "lm" else None}
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / "model.json"
+    if not path.exists():
+        raise ArtifactError(f"{path}: missing (is {folder} an exported artifact? see `rnnserve export`)")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{path}: must hold a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise ArtifactError(f"{path}: missing key(s) {', '.join(missing)}")
+    if m["format_version"] != SUPPORTED_FORMAT:
+        raise ArtifactError(f"{path}: format_version {m['format_version']!r} is not supported "
+                            f"(this rnnserve reads version {SUPPORTED_FORMAT})")
+    if (m["kind"], m["cell"]) not in EXPECTED_IO:
+        raise ArtifactError(f"{path}: unknown kind/cell {m['kind']!r}/{m['cell']!r}")
+    inputs, outputs = EXPECTED_IO[(m["kind"], m["cell"])]
+    if m["inputs"] != inputs or m["outputs"] != outputs:
+        raise ArtifactError(f"{path}: inputs/outputs {m['inputs']}/{m['outputs']} do not match the "
+                            f"{m['kind']} {m['cell']} contract {inputs}/{outputs}")
+    if m["kind"] == "classifier" and not (isinstance(m.get("labels"), list) and len(m["labels"]) >= 2):
+        raise ArtifactError(f"{path}: a classifier needs 'labels', a list of at least two names")
+    return m
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return so
+
+
+def load_artifact(folder: str | Path, name: str | None = None, int8: bool = False,
+                  threads: int | None = None) -> Artifact:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such artifact folder")
+    m = read_manifest(folder)
+    onnx_name, digest = m.get("onnx", "model.onnx"), m["onnx_sha256"]
+    if int8:
+        if not m.get("int8"):
+            raise ArtifactError(f"{folder / 'model.json'}: no int8 model (export with --quantize int8)")
+        onnx_name, digest = m["int8"]["onnx"], m["int8"]["onnx_sha256"]
+    onnx_path = folder / onnx_name
+    if not onnx_path.exists():
+        raise ArtifactError(f"{onnx_path}: missing")
+    actual = sha256_file(onnx_path)
+    if actual != digest:
+        raise ArtifactError(f"{onnx_path}: sha256 {actual[:12]}… does not match the manifest's "
+                            f"{digest[:12]}… (file changed or corrupt)")
+    try:
+        sess = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{onnx_path}: onnxruntime cannot load it ({e})") from None
+    got_in = [i.name for i in sess.get_inputs()]
+    got_out = [o.name for o in sess.get_outputs()]
+    if got_in != m["inputs"] or got_out != m["outputs"]:
+        raise ArtifactError(f"{onnx_path}: graph inputs/outputs {got_in}/{got_out} do not match "
+                            f"model.json's {m['inputs']}/{m['outputs']}")
+    tok = load_tokenizer(folder / m.get("tokenizer", "tokenizer.json"))
+    if tok.vocab_size != m["vocab_size"]:
+        raise ArtifactError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} entries but model.json "
+                            f"says vocab_size {m['vocab_size']}")
+    return Artifact(name or folder.name, folder, m, tok, sess, onnx_name, list(m.get("labels") or []))
+
+
+def zero_state(art: Artifact, batch: int) -> list[np.ndarray]:
+    layers, hidden = art.state_shape_per_row
+    n = 2 if art.is_lstm else 1
+    return [np.zeros((layers, batch, hidden), np.float32) for _ in range(n)]

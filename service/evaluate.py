@@ -1,0 +1,153 @@
+"""`rnnserve eval`: score an exported artifact with onnxruntime alone.
+
+Language model: bits per character over a text file, read as parallel streams
+whose state is carried chunk to chunk. Classifier: accuracy, macro-F1,
+per-class precision/recall and the confusion matrix over a labelled CSV/TSV.
+`classification_report` is also what training reports, so the figures agree.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import ArtifactError, load_artifact, zero_state
+
+LN2 = math.log(2)
+
+
+def classification_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    k = len(labels)
+    conf = [[0] * k for _ in range(k)]
+    for t, p in zip(y_true, y_pred):
+        conf[t][p] += 1
+    per_class, f1s = {}, []
+    for i, name in enumerate(labels):
+        tp, support = conf[i][i], sum(conf[i])
+        predicted = sum(conf[r][i] for r in range(k))
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+        if support:
+            f1s.append(f1)
+    n = len(y_true)
+    return {"accuracy": sum(conf[i][i] for i in range(k)) / n if n else 0.0,
+            "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "n": n, "per_class": per_class,
+            "confusion": conf, "labels": labels}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8").lstrip("\ufeff").replace("\r\n", "\n")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 (offset {e.start})") from None
+
+
+def read_rows(path: Path) -> list[tuple[str, str]]:
+    text = _read_text(path)
+    first = text.split("\n", 1)[0]
+    delim = "\t" if str(path).endswith(".tsv") or ("\t" in first and "," not in first) else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
+    cols = [c.strip() for c in reader.fieldnames or []]
+    if "label" not in cols or "text" not in cols:
+        raise ArtifactError(f"{path}: needs `label` and `text` columns (header has: {', '.join(cols) or 'nothing'})")
+    reader.fieldnames = cols
+    return [((r["label"] or "").strip(), r["text"] or "") for r in reader]
+
+
+def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
+    streams = max(1, min(streams, len(ids) // 2))
+    n = len(ids) // streams
+    rows = np.asarray(ids[: n * streams], dtype=np.int64).reshape(streams, n)
+    state = zero_state(art, streams)
+    names = art.manifest["inputs"]
+    total, count = 0.0, 0
+    for i in range(0, n - 1, chunk):
+        x = rows[:, i:i + chunk]
+        y = rows[:, i + 1:i + 1 + chunk]
+        x = x[:, : y.shape[1]]
+        out = art.session.run(None, {"tokens": x, **dict(zip(names[1:], state))})
+        logits, state = out[0].astype(np.float64), out[1:]
+        m = logits.max(-1, keepdims=True)
+        logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+        picked = np.take_along_axis(logits, y[..., None], -1)[..., 0]
+        total += float((logz - picked).sum())
+        count += y.size
+    loss = total / count
+    return {"bpc": loss / LN2, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+def classify_batch(art, texts: list[str], max_len: int = 400) -> np.ndarray:
+    """Class probabilities for a list of texts (one padded ORT call)."""
+    seqs = [art.tokenizer.encode(t)[:max_len] or [art.tokenizer.unk_id] for t in texts]
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    tokens = np.full((len(seqs), int(lengths.max())), art.tokenizer.pad_id, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = s
+    logits = art.session.run(None, {"tokens": tokens, "lengths": lengths})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: int | None = None) -> dict:
+    art = load_artifact(artifact, int8=int8)
+    path = Path(data)
+    if art.kind == "lm":
+        text = _read_text(path)[:limit]
+        ids = art.tokenizer.encode(text)
+        if len(ids) < 4:
+            raise ArtifactError(f"{path}: too little text to evaluate ({len(ids)} characters)")
+        r = lm_bpc(art, ids)
+        r.update(kind="lm", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
+                 unknown_chars=sum(1 for i in ids if i == art.tokenizer.unk_id))
+        return r
+    rows = read_rows(path)[:limit]
+    label_ids = {l: i for i, l in enumerate(art.labels)}
+    unknown: dict[str, int] = {}
+    known = []
+    for label, text in rows:
+        if label in label_ids:
+            known.append((label, text))
+        else:
+            unknown[label] = unknown.get(label, 0) + 1
+    if not known:
+        raise ArtifactError(f"{path}: no row has a label the model knows ({', '.join(art.labels)})")
+    order = sorted(range(len(known)), key=lambda i: len(known[i][1]))
+    preds = [0] * len(known)
+    for k in range(0, len(order), 128):
+        idx = order[k:k + 128]
+        probs = classify_batch(art, [known[i][1] for i in idx])
+        for i, p in zip(idx, probs.argmax(1).tolist()):
+            preds[i] = p
+    r = classification_report([label_ids[l] for l, _ in known], preds, art.labels)
+    r.update(kind="classifier", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
+             unknown_labels=unknown)
+    return r
+
+
+def format_report(r: dict) -> str:
+    if r["kind"] == "lm":
+        s = (f"{r['artifact']} ({r['onnx']}) on {r['data']}\n"
+             f"  bits/char   {r['bpc']:.4f}\n  perplexity  {r['perplexity']:.3f}\n  characters  {r['tokens']:,}")
+        if r["unknown_chars"]:
+            s += f"\n  unknown     {r['unknown_chars']:,} characters outside the vocabulary"
+        return s
+    labels = r["labels"]
+    w = max(7, *(len(l) for l in labels)) + 1
+    lines = [f"{r['artifact']} ({r['onnx']}) on {r['data']}: {r['n']:,} rows",
+             f"  accuracy  {r['accuracy']:.4f}", f"  macro-F1  {r['macro_f1']:.4f}", "",
+             "class".ljust(w) + "precision".rjust(10) + "recall".rjust(8) + "f1".rjust(8) + "n".rjust(7)]
+    for l in labels:
+        c = r["per_class"][l]
+        lines.append(l.ljust(w) + f"{c['precision']:>10.3f}{c['recall']:>8.3f}{c['f1']:>8.3f}{c['support']:>7}")
+    lines += ["", "confusion (rows: true, columns: predicted)", "".ljust(w) + "".join(l.rjust(w) for l in labels)]
+    lines += [labels[i].ljust(w) + "".join(str(v).rjust(w) for v in row) for i, row in enumerate(r["confusion"])]
+    if r["unknown_labels"]:
+        lines.append(f"\nrows with labels the model does not know (left out): {r['unknown_labels']}")
+    return "\n".join(lines)

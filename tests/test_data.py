@@ -1,0 +1,66 @@
+import pytest
+
+from export import data as D
+from tests.conftest import make_fortunes, rnnserve
+
+
+def test_fortune_file_read_as_documents(tmp_path):
+    p = tmp_path / "f"
+    p.write_text("first one\n%\nsecond\nhas two lines\n%\nthird\n%\n", encoding="utf-8")
+    docs = D.read_documents([p])
+    assert [d.text for d in docs] == ["first one\n", "second\nhas two lines\n", "third\n"]
+    assert D.join_documents(docs) == "first one\n%\nsecond\nhas two lines\n%\nthird\n%\n"
+
+
+def test_plain_text_read_as_paragraphs_and_several_files(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("para one\nline two\n\npara two\n", encoding="utf-8")
+    b.write_text("other file\n", encoding="utf-8")
+    assert [d.text for d in D.read_documents([a, b])] == ["para one\nline two\n", "para two\n", "other file\n"]
+
+
+def test_split_is_deterministic_by_seed():
+    items = list(range(100))
+    assert D.split(items, 0.1, seed=1) == D.split(items, 0.1, seed=1)
+    assert D.split(items, 0.1, seed=1) != D.split(items, 0.1, seed=2)
+    train, val = D.split(items, 0.1, seed=1)
+    assert len(val) == 10 and sorted(train + val) == items
+
+
+def test_lm_corpus_splits_short_text_into_blocks():
+    docs = [D.Document("".join(f"line {i}\n" for i in range(200)), "\n")]
+    train, val = D.lm_corpus(docs, 0.05, seed=0)
+    assert train and val and len(train) > 10 * len(val)
+
+
+def test_labelled_csv_and_tsv(tmp_path):
+    c = tmp_path / "x.csv"
+    c.write_text('label,text\nen,"hello, world"\nde,hallo welt\n', encoding="utf-8")
+    assert D.read_labelled(c) == [("en", "hello, world"), ("de", "hallo welt")]
+    t = tmp_path / "x.tsv"
+    t.write_text("text\tlabel\nhello, world\ten\nhallo\tde\n", encoding="utf-8")
+    assert D.read_labelled(t) == [("en", "hello, world"), ("de", "hallo")]
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file"),
+    (b"", "empty file"),
+    (b"label,text\n\xff\xfe bad\n", "not UTF-8"),
+    (b"lab,text\nx,y\n", "missing column(s) label"),
+    (b"label,text\nen,a\nen,b\n", "only one class"),
+])
+def test_bad_files_stop_with_clear_message_and_exit_2(tmp_path, content, message):
+    p = tmp_path / "bad.csv"
+    if content is not None:
+        p.write_bytes(content)
+    r = rnnserve("train", "classifier", "--data", p, "--out", tmp_path / "run", "--steps", "1", check=False)
+    assert r.returncode == 2
+    assert message in r.stderr and str(p) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_text_file_for_lm(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes("café\n".encode("latin-1") * 50)
+    r = rnnserve("train", "lm", "--data", p, "--out", tmp_path / "run", "--steps", "1", check=False)
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,68 @@
+import json
+
+import torch
+
+from tests.conftest import make_fortunes, rnnserve
+
+
+def test_lm_training_run_loss_falls_and_checkpoint_loads(tmp_path, text_file):
+    out = tmp_path / "run"
+    r = rnnserve("train", "lm", "--data", text_file, "--out", out, "--hidden", 48, "--embed", 16,
+                 "--seq-len", 32, "--batch-size", 8, "--steps", 120, "--eval-every", 40, "--lr", 1e-2, "--seed", 1)
+    assert "best val bpc" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    for k in ("val_bpc", "val_loss", "train_tokens", "seconds"):
+        assert k in m
+    bpcs = [h["val_bpc"] for h in m["history"]]
+    assert bpcs[-1] < bpcs[0] - 0.5, bpcs  # it learns
+    assert m["val_bpc"] == min(bpcs)  # best kept
+    blob = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert blob["config"]["kind"] == "lm" and blob["config"]["hidden_size"] == 48
+    from export.train import evaluate_lm, load_run
+    model, tok, _ = load_run(out)
+    s = rnnserve("sample", out, "--prompt", "The ", "--max-tokens", 40, "--temperature", 0.5, "--seed", 3)
+    assert s.stdout.startswith("The ") and len(s.stdout.rstrip("\n")) >= 30
+    s2 = rnnserve("sample", out, "--prompt", "The ", "--max-tokens", 40, "--temperature", 0.5, "--seed", 3)
+    assert s.stdout == s2.stdout
+
+
+def test_same_seed_same_model(tmp_path, text_file):
+    args = ["train", "lm", "--data", text_file, "--hidden", 16, "--embed", 8, "--seq-len", 16,
+            "--batch-size", 4, "--steps", 10, "--seed", 5, "--quiet", "--threads", 1]
+    rnnserve(*args, "--out", tmp_path / "a")
+    rnnserve(*args, "--out", tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fortune_training_time_budget_and_gru(tmp_path):
+    f = tmp_path / "fortunes"
+    f.write_text(make_fortunes(), encoding="utf-8")
+    out = tmp_path / "gru"
+    rnnserve("train", "lm", "--data", f, "--out", out, "--cell", "gru", "--layers", 2, "--hidden", 16,
+             "--embed", 8, "--seq-len", 16, "--batch-size", 4, "--time-budget", 3, "--quiet")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["seconds"] < 20 and m["steps"] > 0
+
+
+def test_classifier_training_run(tmp_path, csv_file):
+    out = tmp_path / "clf"
+    r = rnnserve("train", "classifier", "--data", csv_file, "--out", out, "--hidden", 16, "--embed", 8,
+                 "--epochs", 6, "--batch-size", 16, "--lr", 1e-2, "--cell", "gru")
+    m = json.loads((out / "metrics.json").read_text())
+    for k in ("accuracy", "macro_f1", "labels", "confusion", "n_val", "seconds"):
+        assert k in m
+    assert m["labels"] == ["hard", "soft"] and m["accuracy"] >= 0.9
+    assert sum(map(sum, m["confusion"])) == m["n_val"] == 20
+    assert "true\\pred" in r.stdout
+
+
+def test_compare_prints_measured_table(tmp_path, text_file):
+    r = rnnserve("compare", "--data", text_file, "--time-budget", 2, "--hidden", 16, "--out", tmp_path / "cmp",
+                 "--quiet")
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["cell", "params"]
+    assert lines[2].startswith("LSTM") and lines[3].startswith("GRU")
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert rows[0]["params"] > rows[1]["params"]  # an LSTM has 4 gates, a GRU 3

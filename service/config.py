@@ -1,0 +1,101 @@
+"""Service configuration: every option has a command-line flag and an environment variable."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .artifact import ArtifactError
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+# Request limits (documented in the README; part of the HTTP contract).
+MAX_PROMPT_CHARS = 8192
+MAX_TOKENS = 4096
+MAX_STOP = 4
+MAX_STOP_CHARS = 64
+MAX_TEXTS = 256
+MAX_TEXT_CHARS = 8192
+
+
+@dataclass
+class Config:
+    # name: (env var, help) in OPTIONS below
+    models: str = str(DEFAULT_MODELS)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    threads: int = 0
+    max_batch: int = 128
+    max_queue: int = 256
+    prefill_chunk: int = 256
+    max_body_bytes: int = 1 << 20
+    session_ttl: float = 3600.0
+    max_sessions: int = 10000
+    session_memory_mb: float = 256.0
+    sessions_file: str = ""
+    api_key: str = ""
+    int8: bool = False
+    classify_max_batch: int = 64
+    classify_wait_ms: float = 5.0
+    log_level: str = "info"
+    model_list: list[str] = field(default_factory=list)  # --model NAME=DIR, repeatable
+
+
+OPTIONS = {
+    "models": ("RNNSERVE_MODELS", "folder of artifacts to serve (each subfolder one model), or NAME=DIR,NAME=DIR"),
+    "host": ("RNNSERVE_HOST", "address to listen on"),
+    "port": ("RNNSERVE_PORT", "port to listen on"),
+    "threads": ("RNNSERVE_THREADS", "ONNX Runtime intra-op threads per model (0 = one per core)"),
+    "max_batch": ("RNNSERVE_MAX_BATCH", "streams decoded together in one step, per language model"),
+    "max_queue": ("RNNSERVE_MAX_QUEUE", "requests waiting for a slot before new ones get 503"),
+    "prefill_chunk": ("RNNSERVE_PREFILL_CHUNK", "prompt tokens read per call (long prompts are chunked)"),
+    "max_body_bytes": ("RNNSERVE_MAX_BODY_BYTES", "largest request body accepted (413 above)"),
+    "session_ttl": ("RNNSERVE_SESSION_TTL", "seconds an idle session is kept"),
+    "max_sessions": ("RNNSERVE_MAX_SESSIONS", "sessions kept at most (least recently used go first)"),
+    "session_memory_mb": ("RNNSERVE_SESSION_MEMORY_MB", "memory cap for session state, in MB"),
+    "sessions_file": ("RNNSERVE_SESSIONS_FILE", "save sessions here at shutdown and load them at start"),
+    "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
+    "int8": ("RNNSERVE_INT8", "serve model.int8.onnx where an artifact has one (1/true)"),
+    "classify_max_batch": ("RNNSERVE_CLASSIFY_MAX_BATCH", "/classify requests batched into one call"),
+    "classify_wait_ms": ("RNNSERVE_CLASSIFY_WAIT_MS", "how long /classify waits to fill a batch"),
+    "log_level": ("RNNSERVE_LOG_LEVEL", "debug, info, warning or error"),
+}
+
+
+def _cast(value: str, like):
+    if isinstance(like, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return type(like)(value)
+
+
+def from_env(env=os.environ) -> Config:
+    c = Config()
+    for name, (var, _) in OPTIONS.items():
+        if var in env and env[var] != "":
+            setattr(c, name, _cast(env[var], getattr(c, name)))
+    return c
+
+
+def resolve_models(c: Config) -> dict[str, Path]:
+    """Served models by name, from --model NAME=DIR flags or RNNSERVE_MODELS."""
+    specs = list(c.model_list)
+    if not specs:
+        if "=" in c.models:
+            specs = [s for s in c.models.split(",") if s.strip()]
+        else:
+            root = Path(c.models)
+            if not root.is_dir():
+                raise ArtifactError(f"{root}: models folder not found (set RNNSERVE_MODELS or pass --model NAME=DIR)")
+            if (root / "model.json").exists():
+                return {root.name: root}
+            found = {p.name: p for p in sorted(root.iterdir()) if (p / "model.json").exists()}
+            if not found:
+                raise ArtifactError(f"{root}: no artifacts (subfolders holding model.json)")
+            return found
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ArtifactError(f"--model {spec!r}: expected NAME=ARTIFACT_DIR")
+        out[name.strip()] = Path(path.strip())
+    return out

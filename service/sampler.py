@@ -1,0 +1,51 @@
+"""Turn a batch of logits into one token per row, each row with its own parameters.
+
+Everything is vectorised over the batch: one sort, one softmax, one cumulative
+sum. Each row draws exactly one uniform number per token from its own
+generator, so a seeded request produces the same text whatever else shares
+its batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SamplingParams:
+    __slots__ = ("temperature", "top_k", "top_p", "rng")
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.rng = np.random.default_rng(seed)
+
+
+def sample(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
+           uniforms: np.ndarray) -> np.ndarray:
+    """logits (B, V) float32; per-row temperature (0 = greedy), top_k (0 = off), top_p (1 = off),
+    and one uniform in [0, 1) per row. Returns token ids (B,) int64."""
+    batch, vocab = logits.shape
+    greedy = temperature <= 0
+    out = np.empty(batch, dtype=np.int64)
+    if greedy.any():
+        out[greedy] = logits[greedy].argmax(1)
+    rows = np.flatnonzero(~greedy)
+    if rows.size == 0:
+        return out
+    z = logits[rows] / temperature[rows, None]
+    order = np.argsort(-z, axis=1, kind="stable")
+    zs = np.take_along_axis(z, order, 1)
+    p = np.exp(zs - zs[:, :1])
+    p /= p.sum(1, keepdims=True)
+    rank = np.arange(vocab)[None, :]
+    k = np.where(top_k[rows] > 0, top_k[rows], vocab)[:, None]
+    cum = np.cumsum(p, 1)
+    # keep the top k, and the smallest prefix whose mass reaches top_p (the first token always stays)
+    keep = (rank < k) & ((cum - p) < top_p[rows, None])
+    p = np.where(keep, p, 0.0)
+    cum = np.cumsum(p, 1)
+    target = uniforms[rows] * cum[:, -1]
+    idx = (cum <= target[:, None]).sum(1)
+    idx = np.minimum(idx, keep.sum(1) - 1)
+    out[rows] = order[np.arange(rows.size), idx]
+    return out

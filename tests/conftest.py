@@ -55,3 +55,87 @@ def csv_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "tiny.csv"
     p.write_text(make_labelled(), encoding="utf-8")
     return p
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """A small trained language model (LSTM) and classifier (GRU), exported: tmp/models/{tinylm,tinyclf}."""
+    root = tmp_path_factory.mktemp("arts")
+    text = root / "text.txt"
+    text.write_text(make_text(600, seed=1), encoding="utf-8")
+    rnnserve("train", "lm", "--data", text, "--out", root / "run-lm", "--hidden", 48, "--embed", 16,
+             "--seq-len", 32, "--batch-size", 16, "--steps", 150, "--lr", 1e-2, "--quiet", "--seed", 2)
+    csv = root / "lab.csv"
+    csv.write_text(make_labelled(300), encoding="utf-8")
+    rnnserve("train", "classifier", "--data", csv, "--out", root / "run-clf", "--hidden", 16, "--embed", 8,
+             "--epochs", 4, "--batch-size", 16, "--lr", 1e-2, "--cell", "gru", "--quiet")
+    models = root / "models"
+    # "wide": untrained but large enough (2 x 1024 LSTM) that a 4096-token stream lasts seconds,
+    # for the tests that must catch a stream while it runs
+    import torch
+    from export.models import LanguageModel
+    from export.tokenizer import load as load_tok
+    from export.train import save_run, write_json
+    torch.manual_seed(0)
+    tok = load_tok(root / "run-lm" / "tokenizer.json")
+    save_run(root / "run-wide", LanguageModel(tok.vocab_size, "lstm", 2, 1024, 16), tok, {})
+    write_json(root / "run-wide" / "metrics.json", {"kind": "lm", "val_bpc": 0, "val_loss": 0})
+    rnnserve("export", root / "run-wide", "--out", models / "wide")
+    rnnserve("export", root / "run-lm", "--out", models / "tinylm")
+    rnnserve("export", root / "run-clf", "--out", models / "tinyclf")
+    return models
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, models, **env):
+        import os
+        import time
+        import httpx
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        e = dict(os.environ, RNNSERVE_MODELS=str(models), RNNSERVE_PORT=str(self.port), RNNSERVE_HOST="127.0.0.1",
+                 RNNSERVE_THREADS="1", **{k: str(v) for k, v in env.items()})
+        self.log = open(Path(str(models)).parent / f"server-{self.port}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rnnserve", "serve"], env=e, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become healthy in 60 s: " + self.logs())
+
+    def logs(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-3000:]
+
+    def stop(self, sig=None):
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(artifacts):
+    s = Server(artifacts)
+    yield s
+    s.stop()

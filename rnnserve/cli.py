@@ -134,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     from service.cli import add_serve_parser  # torch-free
     add_serve_parser(sub)
+
+    bp = sub.add_parser("bench", help="measure the service against raw ONNX Runtime and a naive PyTorch server",
+                        description="Benchmark the bundled fortunes model: a raw ONNX Runtime decode loop, the "
+                                    "service under 1-128 concurrent streams, a naive PyTorch+FastAPI peer, "
+                                    "/classify with batching on and off, and sessions. Writes docs/benchmarks.md, "
+                                    ".json and .png. Needs the train and dev extras (torch for the naive peer).")
+    bp.add_argument("--quick", action="store_true", help="fewer levels and shorter runs (under 2 minutes)")
+    bp.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: docs/)")
+
+    lp = sub.add_parser("loadtest", help="run the locust scenarios headless and save CSV/HTML reports",
+                        description="Load-test the service with locust (streaming and whole generation, "
+                                    "classification, multi-turn sessions). Starts a local server when --host is "
+                                    "not given. Exits 1 if any request failed.")
+    lp.add_argument("--users", type=int, default=10, help="concurrent locust users (default 10)")
+    lp.add_argument("--duration", default="60s", help="how long, e.g. 20s, 5m (default 60s)")
+    lp.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    lp.add_argument("--host", default=None, help="a running server's URL (default: start one)")
+    lp.add_argument("--out", default="build/loadtest", help="report folder (default build/loadtest)")
     return ap
 
 
@@ -197,11 +215,26 @@ def cmd_eval(a) -> None:
     print(json.dumps(report, indent=2, ensure_ascii=False) if a.json else format_report(report))
 
 
+def cmd_bench(a) -> None:
+    from loadtest.bench import REPO, run
+    from pathlib import Path
+    res = run(a.quick, Path(a.out) if a.out else REPO / "docs")
+    print((Path(a.out) if a.out else REPO / "docs") / "benchmarks.md", f"written in {res['seconds']:.0f}s")
+
+
+def cmd_loadtest(a) -> None:
+    from pathlib import Path
+    from loadtest.run import run
+    code = run(a.users, a.duration, a.host, Path(a.out), a.spawn_rate)
+    if code:
+        raise SystemExit(code)
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare, "export": cmd_export,
-                "eval": cmd_eval}
+                "eval": cmd_eval, "bench": cmd_bench, "loadtest": cmd_loadtest}
     from service.cli import serve_handlers
     handlers.update(serve_handlers())
     try:

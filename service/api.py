@@ -512,12 +512,26 @@ def build(config: Config) -> tuple[ls.LitServer, Service]:
     schemas.SERVED_CLASSIFIERS[:] = list(classifiers)
     svc = Service(config, lms, classifiers)
     _HEALTH["check"] = svc.healthy
+    fault_at = os.environ.get("RNNSERVE_INJECT_FAULT_AT_STEP")
+    if fault_at:  # a testing aid: make one decode step fail, as a broken model or runtime would
+        for engine in svc.engines.values():
+            engine.fault_hook = _fault_at(int(fault_at))
     api = ClassifyAPI({n: str(a.path) for n, a in classifiers.items()}, config.threads, config.int8,
                       config.classify_max_batch, config.classify_wait_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
                           info_path="/litserve/info", middlewares=[(EdgeMiddleware, {"svc": svc})])
     register_routes(server, svc)
     return server, svc
+
+
+def _fault_at(n: int):
+    calls = {"n": 0}
+
+    def hook():
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError(f"fault injected at step {n} (RNNSERVE_INJECT_FAULT_AT_STEP)")
+    return hook
 
 
 def serve(config: Config) -> None:

@@ -51,6 +51,11 @@ def test_lm_export_matches_torch_and_chunked_feeding(tmp_path, cell, layers):
     manifest = export(run, tmp_path / "art")
     assert manifest["parity"] <= 1e-4
     assert recurrent_ops(tmp_path / "art" / "model.onnx") == [cell.upper()] * layers  # native ops, no loops
+    if cell == "gru":  # PyTorch's GRU applies the reset gate after the matmul
+        import onnx
+        nodes = [n for n in onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node if n.op_type == "GRU"]
+        assert all(a.i == 1 for n in nodes for a in n.attribute if a.name == "linear_before_reset")
+        assert all(any(a.name == "linear_before_reset" for a in n.attribute) for n in nodes)
     art = load_artifact(tmp_path / "art")
     assert art.manifest["inputs"] == (["tokens", "h0", "c0"] if cell == "lstm" else ["tokens", "h0"])
     rng = np.random.default_rng(0)

@@ -1,0 +1,34 @@
+# rnnserve: `make serve` serves the bundled models, `make test` runs the tests.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: serve test models install install-dev clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+serve: $(VENV)/.runtime
+	$(BIN)/rnnserve serve
+
+test: $(VENV)/.dev
+	$(BIN)/pytest -q
+
+# Retrain the bundled models from the installed fortune files (about 35 minutes on 2 cores).
+models: $(VENV)/.dev
+	$(BIN)/python -m export.build_models
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,104 @@
+"""Rebuild the bundled models from the installed fortune files: `make models`.
+
+    python -m export.build_models [--only fortunes|langid] [--lm-budget S] [--langid-budget S]
+
+Writes models/fortunes and models/langid (artifacts, each with a small fixed
+evaluation sample and the metrics measured on it) and build/models-report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+from . import fortunes as F
+from .onnx_export import export
+from .train import ClassifierArgs, LMArgs, train_classifier, train_lm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _eval(artifact: Path, data: Path, int8: bool = False) -> dict:
+    from service.evaluate import evaluate
+    return evaluate(artifact, data, int8=int8)
+
+
+def build_fortunes(build: Path, budget: float, seed: int) -> dict:
+    text = F.english_lm_text(build / "fortunes-en.txt")
+    run = build / "runs" / "fortunes"
+    args = LMArgs(data=[str(text)], out=str(run), cell="lstm", layers=1, hidden=512, embed=64, seq_len=128,
+                  batch_size=32, lr=4e-3, time_budget=budget, seed=seed, threads=2, eval_every=500, quiet=True)
+    m = train_lm(args)
+    art = REPO / "models" / "fortunes"
+    manifest = export(run, art, quantize="int8", force=True)
+    # the fixed evaluation sample: the first 20,000 characters of the held-out entries
+    from .data import lm_corpus, read_documents
+    _, val_text = lm_corpus(read_documents([text]), args.val_fraction, seed)
+    sample = art / "eval_sample.txt"
+    sample.write_text(val_text[:20000], encoding="utf-8")
+    rec = {"data": sample.name, "float32": _eval(art, sample), "int8": _eval(art, sample, int8=True)}
+    (art / "eval_sample.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return {"train": {k: m[k] for k in ("val_bpc", "val_ppl", "train_tokens", "seconds", "steps")},
+            "parity": manifest["parity"], "int8": manifest["int8"], "eval_sample": rec}
+
+
+def build_langid(build: Path, budget: float, seed: int) -> dict:
+    data = build / "langid"
+    report = F.langid_dataset(data, seed)
+    run = build / "runs" / "langid"
+    args = ClassifierArgs(data=str(data / "train.csv"), val_data=str(data / "val.csv"), out=str(run), cell="lstm",
+                          hidden=128, embed=48, dropout=0.2, layers=2, batch_size=64, lr=3e-3, time_budget=budget,
+                          seed=seed, threads=2, max_len=200, eval_every=400, quiet=True)
+    m = train_classifier(args)
+    art = REPO / "models" / "langid"
+    manifest = export(run, art, quantize="int8", force=True)
+    results = {name: _eval(art, data / f"{name}.csv") for name in ("test_full", "test_short")}
+    everyday = REPO / "export" / "everyday_sentences.csv"
+    results["everyday"] = _eval(art, everyday)
+    results["test_full_int8"] = _eval(art, data / "test_full.csv", int8=True)
+    # the fixed evaluation sample: 25 held-out entries and 25 short snippets per language
+    rows = []
+    rng = random.Random(seed)
+    for name in ("test_full", "test_short"):
+        from service.evaluate import read_rows
+        by_lang: dict[str, list] = {}
+        for label, text in read_rows(data / f"{name}.csv"):
+            by_lang.setdefault(label, []).append((label, text))
+        for label in sorted(by_lang):
+            rows += rng.sample(by_lang[label], min(25, len(by_lang[label])))
+    F.write_csv(art / "eval_sample.csv", rows)
+    rec = {"data": "eval_sample.csv", "float32": _eval(art, art / "eval_sample.csv")}
+    (art / "eval_sample.json").write_text(json.dumps(rec, indent=2) + "\n")
+    slim = {k: {kk: v[kk] for kk in ("accuracy", "macro_f1", "n", "per_class", "confusion")} for k, v in results.items()}
+    return {"data": report, "train": {k: m[k] for k in ("accuracy", "macro_f1", "n_val", "seconds", "steps")},
+            "parity": manifest["parity"], "int8": manifest["int8"], "results": slim}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["fortunes", "langid"])
+    ap.add_argument("--lm-budget", type=float, default=1200, help="seconds (default 1200)")
+    ap.add_argument("--langid-budget", type=float, default=900, help="seconds (default 900)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--build", default=str(REPO / "build"))
+    a = ap.parse_args(argv)
+    build = Path(a.build)
+    build.mkdir(parents=True, exist_ok=True)
+    report_path = build / "models-report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    for name, fn, budget in (("fortunes", build_fortunes, a.lm_budget), ("langid", build_langid, a.langid_budget)):
+        if a.only and a.only != name:
+            continue
+        t0 = time.time()
+        report[name] = fn(build, budget, a.seed)
+        report[name]["wall_seconds"] = round(time.time() - t0, 1)
+        report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        print(f"{name}: done in {report[name]['wall_seconds']:.0f}s")
+    shutil.copy(report_path, REPO / "docs" / "models-report.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""`rnnserve bench`: the service against the hardware (a raw ONNX Runtime loop) and against the naive way
+(a PyTorch generate() loop per request behind FastAPI), all measured in one run on this machine.
+
+Writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy after {timeout}s")
+
+
+class Proc:
+    """A server in its own process group, with CPU and memory read from /proc for the whole tree."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, health: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [c.replace("{port}", str(self.port)) for c in cmd]
+        self.log = open(REPO / "build" / f"bench-{self.port}.log", "w") if (REPO / "build").is_dir() else \
+            subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, start_new_session=True)
+        wait_healthy(self.url, self.proc)
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        kids = [int(p) for p in out.stdout.split()]
+        return [self.proc.pid] + kids
+
+    def cpu_seconds(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError):
+                pass
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def client(*args: str) -> dict | list:
+    out = subprocess.run([sys.executable, "-m", "loadtest.clients", *args], capture_output=True, text=True, cwd=REPO,
+                         timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measured(server: Proc, *args: str) -> dict:
+    c0, t0 = server.cpu_seconds(), time.perf_counter()
+    res = client(*args)
+    wall = time.perf_counter() - t0
+    res.update(server_cpu_cores=(server.cpu_seconds() - c0) / wall, server_rss_mb=server.rss_mb())
+    return res
+
+
+# ------------------------------------------------------------------------------------------- raw ORT
+
+
+def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
+    import onnxruntime as ort
+    from service.artifact import load_artifact, zero_state
+    out = {}
+    for threads in (1, 2):
+        art = load_artifact(artifact, threads=threads)
+        names = art.manifest["inputs"]
+        for b in batches:
+            state = zero_state(art, b)
+            tokens = np.random.default_rng(0).integers(2, art.tokenizer.vocab_size, size=(b, 1))
+            for _ in range(10):
+                res = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
+            steps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                res = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
+                state = res[1:]
+                steps += 1
+            dt = (time.perf_counter() - t0) / steps
+            out[(threads, b)] = {"threads": threads, "batch": b, "us_per_step": dt * 1e6, "tokens_per_s": b / dt}
+    best = {}
+    for b in batches:
+        best[b] = max((out[(t, b)] for t in (1, 2)), key=lambda r: r["tokens_per_s"])
+    return {"all": list(out.values()), "best": best, "ort_version": ort.__version__}
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def fmt_ms(v):
+    return "–" if v is None else f"{v * 1000:.1f}"
+
+
+def plot(service: list[dict], naive: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for rows, label in ((service, "rnnserve"), (naive, "naive PyTorch + FastAPI")):
+        if rows:
+            a.plot([r["concurrency"] for r in rows], [r["tokens_per_s"] for r in rows], marker="o", label=label)
+            b.plot([r["concurrency"] for r in rows], [r["ttft_p99"] * 1000 for r in rows], marker="o",
+                   label=f"{label} TTFT p99")
+            b.plot([r["concurrency"] for r in rows], [r["itl_p99"] * 1000 for r in rows], marker="x", ls="--",
+                   label=f"{label} inter-event p99")
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent streams")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a.set_ylabel("aggregate tokens/s")
+    b.set_ylabel("ms")
+    b.set_yscale("log")
+    a.set_title("throughput")
+    b.set_title("latency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortunes") -> dict:
+    artifact = REPO / "models" / model
+    levels = [1, 8, 64] if quick else [1, 8, 32, 64, 128]
+    tokens = "64" if quick else "256"
+    t_start = time.time()
+    res: dict = {"quick": quick, "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                                             "python": platform.python_version()},
+                 "model": json.loads((artifact / "model.json").read_text())}
+    try:
+        res["machine"]["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                                     if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print("1/5 raw ONNX Runtime decode loop", flush=True)
+    res["raw"] = raw_ort(artifact, [1, 8, 32, 64, 128], 0.5 if quick else 2.0)
+    best_threads = res["raw"]["best"][64]["threads"]
+
+    print("2/5 rnnserve, streaming clients", flush=True)
+    env = {"RNNSERVE_THREADS": str(best_threads), "RNNSERVE_LOG_LEVEL": "warning"}
+    srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"], env)
+    try:
+        res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
+                                   "--model", model) for n in levels]
+        print("4/5 classification, batching on", flush=True)
+        secs = "5" if quick else "15"
+        res["classify_on"] = measured(srv, "classify", "--url", srv.url, "--concurrency", "64", "--seconds", secs)
+        print("5/5 sessions", flush=True)
+        rss0 = srv.rss_mb()
+        res["sessions"] = {"continue": client("converse", "--url", srv.url, "--repeats", "3" if quick else "7",
+                                              "--history-chars", *(["256", "4096"] if quick else
+                                                                   ["256", "1024", "4096", "8000"]))}
+        res["sessions"].update(session_memory(srv, 500 if quick else 5000, rss0))
+    finally:
+        srv.stop()
+    srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
+               {**env, "RNNSERVE_CLASSIFY_MAX_BATCH": "1"})
+    try:
+        print("4/5 classification, batching off", flush=True)
+        res["classify_off"] = measured(srv, "classify", "--url", srv.url, "--concurrency", "64", "--seconds", secs)
+    finally:
+        srv.stop()
+
+    print("3/5 naive peer", flush=True)
+    naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
+    try:
+        res["naive"] = [measured(naive, "stream", "--url", naive.url, "--concurrency", str(n), "--tokens", tokens)
+                        for n in levels]
+    finally:
+        naive.stop()
+    res["seconds"] = round(time.time() - t_start, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "benchmarks.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    plot(res["service"], res["naive"], out_dir / "benchmarks.png")
+    (out_dir / "benchmarks.md").write_text(report(res))
+    return res
+
+
+def session_memory(srv: Proc, n: int, rss0: float) -> dict:
+    import httpx
+    with httpx.Client(timeout=60) as c:
+        per = c.get(srv.url + "/info").json()["sessions"]["bytes_per_session"]
+        before = srv.rss_mb()
+        for i in range(n):
+            sid = c.post(srv.url + "/sessions", json={}).json()["session_id"]
+            c.post(srv.url + "/generate", json={"prompt": f"hello {i}", "max_tokens": 1, "stream": False,
+                                                "session_id": sid})
+        after = srv.rss_mb()
+        held = c.get(srv.url + "/info").json()["sessions"]
+    return {"held": held["sessions"], "state_bytes_per_session": per, "store_bytes": held["bytes"],
+            "rss_delta_mb": after - before, "rss_bytes_per_session": (after - before) * 2**20 / max(1, n)}
+
+
+def report(r: dict) -> str:
+    raw = r["raw"]["best"]
+    svc = {row["concurrency"]: row for row in r["service"]}
+    nai = {row["concurrency"]: row for row in r["naive"]}
+    m = r["model"]
+    cmd = "rnnserve bench --quick" if r["quick"] else "rnnserve bench"
+    lines = [f"# Benchmarks\n", f"Produced by `{cmd}` in {r['seconds']:.0f} s on {r['machine']['cores']} cores "
+             f"({r['machine']['cpu']}), Python {r['machine']['python']}, onnxruntime {r['raw']['ort_version']}. "
+             f"Model: the bundled `fortunes` ({m['cell'].upper()}, {m['layers']} layer, hidden {m['hidden']}, "
+             f"vocab {m['vocab_size']}). Every ratio compares figures from this same run. Clients run in a separate "
+             "process on the same 2 cores, so they compete with the server for CPU.\n",
+             "## 1. The ceiling: raw ONNX Runtime decode loop (no server, no sampling)\n",
+             "| batch | best threads | µs per step | tokens/s |", "|---|---|---|---|"]
+    for b, row in raw.items():
+        lines.append(f"| {b} | {row['threads']} | {row['us_per_step']:.0f} | {row['tokens_per_s']:,.0f} |")
+    lines += ["", "All thread counts: " + ", ".join(f"batch {x['batch']}/{x['threads']}t {x['tokens_per_s']:,.0f} tok/s"
+                                                    for x in r["raw"]["all"]), "",
+              "## 2–3. Streaming generation: rnnserve against the naive peer\n",
+              "Each client streams 256 tokens (64 with --quick) at temperature 1 from its own prompt over HTTP/SSE. "
+              "Inter-event latency is the gap between SSE events a client receives (an event may carry several "
+              "tokens when the client falls behind).\n",
+              "| streams | rnnserve tok/s | naive tok/s | ratio | raw ORT tok/s (same batch) | service/raw | "
+              "TTFT p50 / p99 ms | inter-event p50 / p95 / p99 ms | tokens/event | server CPU cores | server RSS MB | "
+              "naive TTFT p50 / p99 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, s in svc.items():
+        nv = nai.get(n)
+        rawb = raw.get(n, {}).get("tokens_per_s")
+        lines.append(
+            f"| {n} | {s['tokens_per_s']:,.0f} | {nv['tokens_per_s']:,.0f} | {s['tokens_per_s'] / nv['tokens_per_s']:.1f}× | "
+            f"{rawb:,.0f} | {s['tokens_per_s'] / rawb:.0%} | {fmt_ms(s['ttft_p50'])} / {fmt_ms(s['ttft_p99'])} | "
+            f"{fmt_ms(s['itl_p50'])} / {fmt_ms(s['itl_p95'])} / {fmt_ms(s['itl_p99'])} | {s['tokens_per_event']:.1f} | "
+            f"{s['server_cpu_cores']:.2f} | {s['server_rss_mb']:.0f} | {fmt_ms(nv['ttft_p50'])} / {fmt_ms(nv['ttft_p99'])} |")
+    lines += ["", "![throughput and latency against concurrency](benchmarks.png)", "",
+              "## 4. Classification: /classify with 64 concurrent clients sending single texts\n",
+              "| dynamic batching | texts/s | p50 ms | p99 ms | failures |", "|---|---|---|---|---|"]
+    for label, key in (("on (max 64, wait 5 ms)", "classify_on"), ("off (max batch 1)", "classify_off")):
+        c = r[key]
+        lines.append(f"| {label} | {c['texts_per_s']:,.0f} | {fmt_ms(c['p50'])} | {fmt_ms(c['p99'])} | {c['failures']} |")
+    lines.append(f"\nBatching on / off: **{r['classify_on']['texts_per_s'] / r['classify_off']['texts_per_s']:.1f}×** "
+                 "the throughput.\n")
+    ses = r["sessions"]
+    lines += ["## 5. Sessions\n",
+              f"Held {ses['held']:,} sessions: recurrent state {ses['state_bytes_per_session']} bytes each "
+              f"(store total {ses['store_bytes']:,} bytes); server RSS grew {ses['rss_delta_mb']:.1f} MB, "
+              f"{ses['rss_bytes_per_session']:,.0f} bytes per session including bookkeeping.\n",
+              "Continuing a conversation (16 new tokens after a short new turn), median latency:\n",
+              "| history chars | through the session (ms) | resending the history (ms) | ratio |", "|---|---|---|---|"]
+    for row in ses["continue"]:
+        lines.append(f"| {row['history_chars']:,} | {row['session_ms']:.1f} | {row['resend_ms']:.1f} | "
+                     f"{row['resend_ms'] / row['session_ms']:.1f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    import argparse
+    ap = argparse.ArgumentParser(prog="rnnserve bench")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "docs"))
+    a = ap.parse_args(argv)
+    run(a.quick, Path(a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,6 @@ written; export fails, leaving nothing behind, when it is worse than 1e-4.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 import tempfile
@@ -28,6 +27,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from service.artifact import sha256_file  # one definition for writer and reader
 
 from .models import Classifier, LanguageModel
 from .train import load_run, pad_batch
@@ -60,14 +61,6 @@ class _GRUStep(nn.Module):
 
     def forward(self, tokens, h0):
         return self.lm(tokens, h0)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _export_graph(model: nn.Module, path: Path, opset: int) -> None:
@@ -170,6 +163,7 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
     sample = json.loads(sample_path.read_text()) if sample_path.exists() else {"texts": []}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is read by other users (e.g. in the image)
     try:
         onnx_path = tmp / "model.onnx"
         _export_graph(model, onnx_path, opset)

@@ -39,12 +39,12 @@ class LMArgs:
     out: str
     cell: str = "lstm"
     layers: int = 1
-    hidden: int = 512
+    hidden: int = 384
     embed: int = 64
     dropout: float = 0.0
-    seq_len: int = 128
+    seq_len: int = 64
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 6e-3
     steps: int | None = None
     epochs: float | None = None
     time_budget: float | None = None

@@ -33,12 +33,12 @@ def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for checkpoint.pt, tokenizer.json, metrics.json")
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=512 if lm else 128, help="hidden units per layer (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=384 if lm else 128, help="hidden units per layer (default: %(default)s)")
     p.add_argument("--embed", type=int, default=64, help="embedding size (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0 if lm else 0.3,
                    help="dropout between layers and before the output layer (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32 if lm else 64, help="sequences per batch (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3 if lm else 2e-3, help="peak Adam learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=6e-3 if lm else 2e-3, help="peak Adam learning rate (default: %(default)s)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="stop after this many optimiser steps")
     g.add_argument("--epochs", type=float, help="stop after this many passes over the training data")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
     lm.add_argument("--format", choices=["auto", "text", "fortune"], default="auto",
                     help="how to split the files into documents (default: auto-detect fortune files)")
-    lm.add_argument("--seq-len", type=int, default=128, help="characters per backprop-through-time chunk (default: 128)")
+    lm.add_argument("--seq-len", type=int, default=64, help="characters per backprop-through-time chunk (default: 64)")
     add_train_common(lm, lm=True)
     cl = trs.add_parser("classifier", help="text classifier on a labelled CSV/TSV file",
                         description="Train a bidirectional 2-layer LSTM/GRU text classifier on a CSV or TSV "
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="runs/compare", help="where the two runs go (default: runs/compare)")
     cp.add_argument("--plot", metavar="FILE.png", help="draw the validation curves (needs matplotlib)")
     cp.add_argument("--layers", type=int, default=1)
-    cp.add_argument("--hidden", type=int, default=512)
+    cp.add_argument("--hidden", type=int, default=384)
     cp.add_argument("--seed", type=int, default=0)
     cp.add_argument("--threads", type=int, default=None)
     cp.add_argument("--quiet", action="store_true")

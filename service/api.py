@@ -398,10 +398,18 @@ def register_routes(server: ls.LitServer, svc: Service) -> None:
     async def metrics(request: Request):
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_api_route("/generate", generate, methods=["POST"])
-    app.add_api_route("/v1/completions", completions, methods=["POST"])
+    def body_doc(model):  # bodies are parsed by hand (for 400 vs 422); document them in OpenAPI all the same
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema.pop("$defs", None)
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    app.add_api_route("/generate", generate, methods=["POST"], openapi_extra=body_doc(GenerateRequest),
+                      summary="Generate text (SSE stream, or one JSON object with stream=false)")
+    app.add_api_route("/v1/completions", completions, methods=["POST"], openapi_extra=body_doc(CompletionRequest),
+                      summary="OpenAI-compatible completions")
     app.add_api_route("/v1/models", models, methods=["GET"])
-    app.add_api_route("/sessions", create_session, methods=["POST"], status_code=201)
+    app.add_api_route("/sessions", create_session, methods=["POST"], status_code=201,
+                      openapi_extra=body_doc(SessionCreate), summary="Create a session that keeps the RNN state")
     app.add_api_route("/sessions/{session_id}", delete_session, methods=["DELETE"], status_code=204)
     app.add_api_route("/info", info, methods=["GET"])  # replaces LitServe's own /info (registered first wins)
     app.add_api_route("/metrics", metrics, methods=["GET"])

@@ -35,6 +35,22 @@ def make_labelled(n: int = 200, seed: int = 0) -> str:
     return "\n".join(rows) + "\n"
 
 
+BLOCK_TORCH = """
+import sys
+class _BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _BlockTorch())
+"""
+
+
+def run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """Run Python code in a subprocess where importing torch raises."""
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code + "\nassert 'torch' not in sys.modules\n"],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
 def rnnserve(*args, check=True, cwd=None, env=None, timeout=600):
     p = subprocess.run([sys.executable, "-m", "rnnserve", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd, env=env, timeout=timeout)

@@ -1,13 +1,11 @@
 """The bundled artifacts in models/: torch-free loading, manifest checks, recorded metrics reproduced."""
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, rnnserve
+from tests.conftest import ROOT, rnnserve, run_without_torch
 
 MODELS = ROOT / "models"
 BUNDLED = ["fortunes", "langid"]
@@ -19,21 +17,13 @@ def test_bundled_models_are_small_enough():
 
 
 def test_bundled_models_load_without_torch():
-    code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, Block())
+    p = run_without_torch(textwrap.dedent(f"""
         from service.artifact import load_artifact
         for name in {BUNDLED!r}:
             for int8 in (False, True):
                 art = load_artifact({str(MODELS)!r} + "/" + name, int8=int8)
                 print(name, art.kind, art.onnx_file)
-        assert "torch" not in sys.modules
-    """)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    """))
     assert p.returncode == 0, p.stderr
     assert "fortunes lm model.onnx" in p.stdout and "langid classifier model.int8.onnx" in p.stdout
 

@@ -1,8 +1,6 @@
 """ONNX export: the contract, parity with PyTorch, native recurrent ops, the torch-free loader."""
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,7 +12,7 @@ from export.onnx_export import ExportError, export, recurrent_ops
 from export.tokenizer import CharTokenizer
 from export.train import save_run, save_val_sample, write_json
 from service.artifact import ArtifactError, load_artifact, zero_state
-from tests.conftest import ROOT, make_text, rnnserve
+from tests.conftest import make_text, rnnserve, run_without_torch
 
 TEXT = make_text(60, seed=3)
 
@@ -164,20 +162,12 @@ def test_loader_refuses_corrupt_model_and_manifest(tmp_path):
 def test_loader_runs_without_torch(tmp_path):
     run, _, _ = make_run(tmp_path, "lm", "gru")
     export(run, tmp_path / "art")
-    code = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-        sys.meta_path.insert(0, Block())
+    p = run_without_torch(textwrap.dedent(f"""
         import numpy as np
         from service.artifact import load_artifact, zero_state
         art = load_artifact({str(tmp_path / 'art')!r})
         out = art.session.run(None, {{"tokens": np.array([[2, 3]]), "h0": zero_state(art, 1)[0]}})
-        assert "torch" not in sys.modules
         print("ok", out[0].shape)
-    """)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    """))
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("ok")

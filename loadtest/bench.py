@@ -110,29 +110,39 @@ def measured(server: Proc, *args: str) -> dict:
 # ------------------------------------------------------------------------------------------- raw ORT
 
 
+def decode_speed(art, batch: int, seconds: float) -> float:
+    """Seconds per decode step (time = 1) at this batch size, state carried."""
+    from service.artifact import zero_state
+    names = art.manifest["inputs"]
+    state = zero_state(art, batch)
+    tokens = np.random.default_rng(0).integers(2, art.tokenizer.vocab_size, size=(batch, 1))
+    for _ in range(10):
+        art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        state = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})[1:]
+        steps += 1
+    return (time.perf_counter() - t0) / steps
+
+
 def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
-    from service.artifact import load_artifact, zero_state
+    from service.artifact import load_artifact
     out = {}
     for threads in (1, 2):
         art = load_artifact(artifact, threads=threads)
-        names = art.manifest["inputs"]
         for b in batches:
-            state = zero_state(art, b)
-            tokens = np.random.default_rng(0).integers(2, art.tokenizer.vocab_size, size=(b, 1))
-            for _ in range(10):
-                res = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
-            steps, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                res = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
-                state = res[1:]
-                steps += 1
-            dt = (time.perf_counter() - t0) / steps
+            dt = decode_speed(art, b, seconds)
             out[(threads, b)] = {"threads": threads, "batch": b, "us_per_step": dt * 1e6, "tokens_per_s": b / dt}
-    best = {}
-    for b in batches:
-        best[b] = max((out[(t, b)] for t in (1, 2)), key=lambda r: r["tokens_per_s"])
-    return {"all": list(out.values()), "best": best, "ort_version": ort.__version__}
+    best = {b: max((out[(t, b)] for t in (1, 2)), key=lambda r: r["tokens_per_s"]) for b in batches}
+    int8 = []
+    if json.loads((artifact / "model.json").read_text()).get("int8"):
+        for b in (1, 64):
+            art = load_artifact(artifact, int8=True, threads=best[b]["threads"])
+            dt = decode_speed(art, b, seconds)
+            int8.append({"batch": b, "threads": best[b]["threads"], "us_per_step": dt * 1e6,
+                         "float32_us_per_step": best[b]["us_per_step"]})
+    return {"all": list(out.values()), "best": best, "int8": int8, "ort_version": ort.__version__}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -191,10 +201,10 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     try:
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model) for n in levels]
-        print("4/5 classification, batching on", flush=True)
+        print("3/5 classification, batching on", flush=True)
         secs = "5" if quick else "15"
         res["classify_on"] = measured(srv, "classify", "--url", srv.url, "--concurrency", "64", "--seconds", secs)
-        print("5/5 sessions", flush=True)
+        print("4/5 sessions", flush=True)
         rss0 = srv.rss_mb()
         res["sessions"] = {"continue": client("converse", "--url", srv.url, "--repeats", "3" if quick else "7",
                                               "--history-chars", *(["256", "4096"] if quick else
@@ -205,12 +215,12 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
                {**env, "RNNSERVE_CLASSIFY_MAX_BATCH": "1"})
     try:
-        print("4/5 classification, batching off", flush=True)
+        print("3/5 classification, batching off", flush=True)
         res["classify_off"] = measured(srv, "classify", "--url", srv.url, "--concurrency", "64", "--seconds", secs)
     finally:
         srv.stop()
 
-    print("3/5 naive peer", flush=True)
+    print("5/5 naive peer (PyTorch + FastAPI)", flush=True)
     naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
     try:
         res["naive"] = [measured(naive, "stream", "--url", naive.url, "--concurrency", str(n), "--tokens", tokens)
@@ -255,6 +265,10 @@ def report(r: dict) -> str:
              "| batch | best threads | µs per step | tokens/s |", "|---|---|---|---|"]
     for b, row in raw.items():
         lines.append(f"| {b} | {row['threads']} | {row['us_per_step']:.0f} | {row['tokens_per_s']:,.0f} |")
+    for q in r["raw"].get("int8", []):
+        lines.append(f"\nint8 (`model.int8.onnx`), batch {q['batch']}: {q['us_per_step']:.0f} µs per step against "
+                     f"{q['float32_us_per_step']:.0f} µs in float32 ({q['float32_us_per_step'] / q['us_per_step']:.2f}× "
+                     "the speed).")
     lines += ["", "All thread counts: " + ", ".join(f"batch {x['batch']}/{x['threads']}t {x['tokens_per_s']:,.0f} tok/s"
                                                     for x in r["raw"]["all"]), "",
               "## 2–3. Streaming generation: rnnserve against the naive peer\n",

@@ -68,6 +68,9 @@ def build_app(artifact: Path):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
 
+    # The peer gets its best setting: oneDNN's LSTM kernel is ~6x slower per call at batch 1 here
+    # (export/compare.py), and a careful hand-rolled server would turn it off.
+    torch.backends.mkldnn.enabled = False
     model, manifest, tok = torch_from_onnx(artifact)
     diff = check_against_ort(model, artifact)
     assert diff < 1e-4, f"naive peer disagrees with the artifact: {diff}"

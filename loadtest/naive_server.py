@@ -8,7 +8,6 @@ checked against ONNX Runtime before serving.
 
     python -m loadtest.naive_server ARTIFACT_DIR --port 8100
 """
-from __future__ import annotations
 
 import argparse
 import json

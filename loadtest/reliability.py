@@ -75,6 +75,37 @@ def overload(max_batch: int = 16, max_queue: int = 16) -> dict:
             "health_ok": sum(c == 200 for c, _ in health), "health_ms_p99": 1000 * pct([t for _, t in health], 99)}
 
 
+def reject_latency(n: int = 200) -> dict:
+    """503 latency one request at a time while the server is saturated (32 long streams running)."""
+    srv = Proc(SERVE, {"RNNSERVE_MAX_BATCH": "16", "RNNSERVE_MAX_QUEUE": "16", "RNNSERVE_LOG_LEVEL": "warning"})
+    try:
+        async def hold(c, i):
+            async with c.stream("POST", srv.url + "/generate", json={"max_tokens": 4096, "seed": i}) as r:
+                async for _ in r.aiter_lines():
+                    pass
+
+        async def main():
+            async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+                tasks = [asyncio.create_task(hold(c, i)) for i in range(32)]
+                await asyncio.sleep(1.0)
+                lat, codes = [], []
+                async with httpx.AsyncClient(timeout=10) as c2:
+                    for _ in range(n):
+                        t = time.perf_counter()
+                        r = await c2.post(srv.url + "/generate", json={"max_tokens": 5, "stream": False})
+                        lat.append(time.perf_counter() - t)
+                        codes.append(r.status_code)
+                for t in tasks:
+                    t.cancel()
+                return lat, codes
+
+        lat, codes = asyncio.run(main())
+    finally:
+        srv.stop()
+    return {"probes": n, "status_503": codes.count(503), "ms_p50": 1000 * pct(lat, 50), "ms_p99": 1000 * pct(lat, 99),
+            "ms_max": 1000 * max(lat)}
+
+
 def storm(clients: int = 200) -> dict:
     srv = Proc(SERVE, {"RNNSERVE_LOG_LEVEL": "warning"})
     try:
@@ -149,17 +180,40 @@ def soak(seconds: int, users: int, out: Path) -> dict:
                                          "p99_ms": float(r["99%"])} for r in rows if r["Name"] != "Aggregated"}}
 
 
+def expiry(ttl: int = 3, n: int = 20) -> dict:
+    """Sessions left alone expire after the TTL (the soak's users delete theirs)."""
+    srv = Proc(SERVE, {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_SESSION_TTL": str(ttl)})
+    try:
+        for i in range(n):
+            sid = httpx.post(srv.url + "/sessions", json={}).json()["session_id"]
+            httpx.post(srv.url + "/generate", json={"prompt": f"hi {i}", "max_tokens": 5, "stream": False,
+                                                    "session_id": sid})
+        held = httpx.get(srv.url + "/info").json()["sessions"]["sessions"]
+        time.sleep(ttl + 1.5)
+        after = httpx.get(srv.url + "/info").json()["sessions"]
+        gone = httpx.post(srv.url + "/generate", json={"prompt": "", "session_id": sid, "stream": False}).status_code
+    finally:
+        srv.stop()
+    return {"ttl": ttl, "created": n, "held": held, "after_ttl": after["sessions"], "expired": after["expired"],
+            "expired_session_status": gone}
+
+
 def write(res: dict, path: Path, cmd: str) -> None:
-    o, s, k = res["overload"], res["storm"], res["soak"]
+    o, s, k, x, q = res["overload"], res["storm"], res["soak"], res["expiry"], res["reject"]
     lines = ["# Reliability\n", f"Measured by `{cmd}` on this machine's 2 cores against a real server on 127.0.0.1 "
              "(bundled models). The same behaviours are asserted, with tolerant bounds, by tests/test_reliability.py "
              "in CI.\n",
              "## Overload\n",
              f"{o['sent']} concurrent streams against a limit of {o['limit']} (running + queued): {o['completed']} "
              f"completed, {o['rejected_503']} got 503 with `Retry-After: 1` ({'all' if o['retry_after_set'] else 'NOT all'}), "
-             f"{o['other']} other. 503 answered in p50 {o['reject_ms_p50']:.1f} ms, p99 {o['reject_ms_p99']:.1f} ms, "
-             f"max {o['reject_ms_max']:.1f} ms. /health answered {o['health_ok']}/{o['health_checks']} probes with 200 "
-             f"during the storm (p99 {o['health_ms_p99']:.1f} ms).\n",
+             f"{o['other']} other; /health answered {o['health_ok']}/{o['health_checks']} probes with 200 during the "
+             f"burst. Seen from the client that opened all {o['sent']} connections at once, the 503s took p50 "
+             f"{o['reject_ms_p50']:.0f} ms, p99 {o['reject_ms_p99']:.0f} ms (max {o['reject_ms_max']:.0f} ms): that "
+             "figure is dominated by the burst itself — one Python process opening hundreds of connections while the "
+             "server's single event loop accepts and parses them all — not by the rejection.\n",
+             f"Rejection latency proper, measured one request at a time against the saturated server (32 streams "
+             f"running, queue full): {q['status_503']}/{q['probes']} answered 503 in p50 {q['ms_p50']:.1f} ms, "
+             f"p99 {q['ms_p99']:.1f} ms, max {q['ms_max']:.1f} ms (target: within 100 ms).\n",
              "## Disconnect storm\n",
              f"{s['clients']} clients dropped their streams after the first events. Active streams before: "
              f"{s['base_active']:.0f}, after: {s['after_active']:.0f} (idle again {s['seconds_to_idle']:.2f} s after the "
@@ -167,10 +221,13 @@ def write(res: dict, path: Path, cmd: str) -> None:
              f"before, {s['after_rss_mb']:.0f} MB after. The next request: HTTP {s['next_request_status']}.\n",
              "## Soak\n",
              f"{k['seconds']} s of mixed locust load ({k['users']} users: streaming and whole generation, classification, "
-             f"multi-turn sessions): {k['requests']:,} requests, {k['failures']} failures, aggregate p99 {k['p99_ms']:.0f} ms. "
+             f"multi-turn sessions, each conversation deleted at its end): {k['requests']:,} requests, {k['failures']} failures, aggregate p99 {k['p99_ms']:.0f} ms. "
              f"Resident memory {k['rss_1min_mb']:.0f} MB at 1 minute, {k['rss_end_mb']:.0f} MB at the end "
-             f"({k['rss_growth']:+.1%}). Sessions: {k['sessions_at_end']} held when the load stopped, "
-             f"{k['sessions_after_ttl']} after the {k['ttl']} s TTL ({k['expired']} expired).\n",
+             f"({k['rss_growth']:+.1%}). Sessions held when the load stopped: {k['sessions_at_end']}.\n",
+             "## Session expiry\n",
+             f"{x['created']} sessions created and used, then left alone with a {x['ttl']} s TTL: {x['held']} held, "
+             f"{x['after_ttl']} left after the TTL ({x['expired']} expired); using an expired id answers HTTP "
+             f"{x['expired_session_status']}.\n",
              "| request | count | failures | p99 ms |", "|---|---|---|---|"]
     for name, r in k["per_endpoint"].items():
         lines.append(f"| {name} | {r['requests']:,} | {r['failures']} | {r['p99_ms']:.0f} |")
@@ -184,7 +241,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     out = REPO / "build" / "reliability"
     out.mkdir(parents=True, exist_ok=True)
-    res = {"overload": overload(), "storm": storm(), "soak": soak(a.soak_seconds, a.users, out)}
+    res = {"overload": overload(), "reject": reject_latency(), "storm": storm(), "expiry": expiry(), "soak": soak(a.soak_seconds, a.users, out)}
     (REPO / "docs" / "reliability.json").write_text(json.dumps(res, indent=2) + "\n")
     write(res, REPO / "docs" / "reliability.md",
           f"python -m loadtest.reliability --soak-seconds {a.soak_seconds} --users {a.users}")

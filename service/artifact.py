@@ -148,6 +148,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No spin-waiting between runs: several sessions (engines, the classify worker) share 2 cores,
+    # and spinning threads would steal them from each other and from the HTTP loop.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

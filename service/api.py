@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import litserve as ls
 import numpy as np
@@ -30,7 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import schemas
-from .artifact import Artifact, load_artifact
+from .artifact import Artifact, load_artifact, read_manifest
 from .config import (MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, Config, resolve_models)
 from .engine import Engine, Overloaded, Request as GenRequest
 from .evaluate import classify_batch
@@ -64,8 +65,6 @@ class ClassifyAPI(ls.LitAPI):
 
     @staticmethod
     def _has_int8(path) -> bool:
-        from .artifact import read_manifest
-        from pathlib import Path
         return bool(read_manifest(Path(path)).get("int8"))
 
     def decode_request(self, request: ClassifyRequest):
@@ -167,7 +166,6 @@ class Service:
                 log.error(json.dumps({"event": "sessions_save_failed", "error": str(e)}))
 
     def load_sessions(self) -> None:
-        from pathlib import Path
         path = Path(self.config.sessions_file)
         if not path.exists():
             return
@@ -526,7 +524,6 @@ def build(config: Config) -> tuple[ls.LitServer, Service]:
     paths = resolve_models(config)
     threads = config.threads or None
     lms, classifiers = {}, {}
-    from .artifact import read_manifest
     for name, path in paths.items():
         m = read_manifest(path)
         art = load_artifact(path, name, int8=config.int8 and bool(m.get("int8")), threads=threads)

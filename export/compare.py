@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,10 @@ def inference_tokens_per_s(model, n: int = 400) -> float:
     Measured with oneDNN off: torch 2.13's oneDNN LSTM kernel is about 6x slower per call at
     batch 1 on this CPU (measured: 911 against 5,627 tokens/s), which would say more about
     that kernel than about the cell."""
-    with torch.backends.mkldnn.flags(enabled=False):
-        return _tokens_per_s(model, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about TF32 on Intel GPUs when the flag is touched
+        with torch.backends.mkldnn.flags(enabled=False):
+            return _tokens_per_s(model, n)
 
 
 def _tokens_per_s(model, n: int) -> float:

@@ -39,7 +39,7 @@ class LMArgs:
     out: str
     cell: str = "lstm"
     layers: int = 1
-    hidden: int = 384
+    hidden: int = 448
     embed: int = 64
     dropout: float = 0.0
     seq_len: int = 64

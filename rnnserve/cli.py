@@ -33,7 +33,7 @@ def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for checkpoint.pt, tokenizer.json, metrics.json")
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=384 if lm else 128, help="hidden units per layer (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=448 if lm else 128, help="hidden units per layer (default: %(default)s)")
     p.add_argument("--embed", type=int, default=64, help="embedding size (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.0 if lm else 0.3,
                    help="dropout between layers and before the output layer (default: %(default)s)")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="runs/compare", help="where the two runs go (default: runs/compare)")
     cp.add_argument("--plot", metavar="FILE.png", help="draw the validation curves (needs matplotlib)")
     cp.add_argument("--layers", type=int, default=1)
-    cp.add_argument("--hidden", type=int, default=384)
+    cp.add_argument("--hidden", type=int, default=448)
     cp.add_argument("--seed", type=int, default=0)
     cp.add_argument("--threads", type=int, default=None)
     cp.add_argument("--quiet", action="store_true")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 EXAMPLES = """\
@@ -23,10 +22,6 @@ examples:
 
 class UserError(Exception):
     """Raised for problems the user can fix; printed as one line, exit code 2."""
-
-
-def _env(name: str, default):
-    return os.environ.get(name, default)
 
 
 def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:

@@ -117,13 +117,6 @@ class Engine:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._cv:
-            self._running = False
-            self._cv.notify()
-        if self._thread:
-            self._thread.join(timeout)
-
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

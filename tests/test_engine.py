@@ -45,7 +45,7 @@ def engine(lm):
     e = Engine(lm, out, store, max_batch=8, max_queue=4).start()
     e.out, e.store = out, store
     yield e
-    e.stop()
+    e.shutdown()
 
 
 def run(engine, prompt, n, temperature=0.0, seed=None, stop=(), session=None, top_k=0, top_p=1.0):
@@ -131,7 +131,7 @@ def test_queue_limit_and_cancel(lm):
     while e.active and time.time() < deadline:
         time.sleep(0.001)
     assert not e.active and r.generated < 4096 and r.id not in out.done
-    e.stop()
+    e.shutdown()
 
 
 def test_a_failing_step_ends_requests_with_an_error_and_the_engine_lives_on(engine):

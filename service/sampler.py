@@ -1,7 +1,7 @@
 """Turn a batch of logits into one token per row, each row with its own parameters.
 
-Everything is vectorised over the batch: one sort, one softmax, one cumulative
-sum. Each row draws exactly one uniform number per token from its own
+Everything is vectorised over the batch: one softmax and one cumulative sum;
+rows with top-k or top-p also need one sort (rows without skip it). Each row draws exactly one uniform number per token from its own
 generator, so a seeded request produces the same text whatever else shares
 its batch.
 """
@@ -29,7 +29,15 @@ def sample(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p
     out = np.empty(batch, dtype=np.int64)
     if greedy.any():
         out[greedy] = logits[greedy].argmax(1)
-    rows = np.flatnonzero(~greedy)
+    filtered = ~greedy & ((top_k > 0) | (top_p < 1))
+    plain = np.flatnonzero(~greedy & ~filtered)
+    if plain.size:
+        # no top-k/top-p: inverse CDF over the unsorted distribution, no sort needed
+        z = logits[plain] / temperature[plain, None]
+        cum = np.cumsum(np.exp(z - z.max(1, keepdims=True)), 1)
+        idx = (cum <= (uniforms[plain] * cum[:, -1])[:, None]).sum(1)
+        out[plain] = np.minimum(idx, vocab - 1)
+    rows = np.flatnonzero(filtered)
     if rows.size == 0:
         return out
     z = logits[rows] / temperature[rows, None]

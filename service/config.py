@@ -25,6 +25,7 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 8000
     threads: int = 0
+    engine_threads: int = 0
     max_batch: int = 128
     max_queue: int = 256
     prefill_chunk: int = 256
@@ -45,8 +46,12 @@ OPTIONS = {
     "models": ("RNNSERVE_MODELS", "folder of artifacts to serve (each subfolder one model), or NAME=DIR,NAME=DIR"),
     "host": ("RNNSERVE_HOST", "address to listen on"),
     "port": ("RNNSERVE_PORT", "port to listen on"),
-    "threads": ("RNNSERVE_THREADS", "ONNX Runtime intra-op threads per model (0 = one per core)"),
-    "max_batch": ("RNNSERVE_MAX_BATCH", "streams decoded together in one step, per language model"),
+    "threads": ("RNNSERVE_THREADS", "ONNX Runtime intra-op threads per model (0 = 1 when there are several "
+                "engine threads, else one per core)"),
+    "engine_threads": ("RNNSERVE_ENGINE_THREADS", "decode threads per language model, each stepping its own "
+                       "share of the streams (0 = one per core, at most 4)"),
+    "max_batch": ("RNNSERVE_MAX_BATCH", "streams decoded at once per language model (split among its engine "
+                  "threads)"),
     "max_queue": ("RNNSERVE_MAX_QUEUE", "requests waiting for a slot before new ones get 503"),
     "prefill_chunk": ("RNNSERVE_PREFILL_CHUNK", "prompt tokens read per call (long prompts are chunked)"),
     "max_body_bytes": ("RNNSERVE_MAX_BODY_BYTES", "largest request body accepted (413 above)"),
@@ -99,3 +104,9 @@ def resolve_models(c: Config) -> dict[str, Path]:
             raise ArtifactError(f"--model {spec!r}: expected NAME=ARTIFACT_DIR")
         out[name.strip()] = Path(path.strip())
     return out
+
+
+def engine_threads(c: Config) -> int:
+    """Decode threads per language model: two half-batches stepped in parallel, one intra-op thread each,
+    beat one batch with two intra-op threads (docs/performance.md)."""
+    return c.engine_threads if c.engine_threads > 0 else max(1, min(4, os.cpu_count() or 1))

@@ -85,10 +85,11 @@ class Metrics:
 class Engine:
     def __init__(self, artifact: Artifact, deliver: Callable[[list[tuple[Request, dict]]], None],
                  sessions: SessionStore | None = None, max_batch: int = 128, max_queue: int = 256,
-                 prefill_chunk: int = 256, metrics: Metrics | None = None):
+                 prefill_chunk: int = 256, metrics: Metrics | None = None, name: str | None = None):
         if artifact.kind != "lm":
             raise ValueError(f"{artifact.name}: the generation engine needs a language model")
         self.art = artifact
+        self.name = name or artifact.name
         self.deliver = deliver
         self.sessions = sessions
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
@@ -113,7 +114,7 @@ class Engine:
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> "Engine":
         self._running = True
-        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.art.name}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
         self._thread.start()
         return self
 
@@ -126,6 +127,10 @@ class Engine:
 
     def load(self) -> int:
         return len(self._inbox) + len(self.prefilling) + len(self.active)
+
+    def free(self) -> int:
+        """Requests this engine can still take: free slots first, then queue places."""
+        return self.max_batch + self.max_queue - self.load()
 
     def submit(self, req: Request) -> Request:
         with self._cv:

@@ -54,6 +54,9 @@ class ServiceMetrics(Metrics):
                               ["reason"], registry=r)
         self.batch = Histogram("rnnserve_batch_size", "Rows in each decode step",
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.classify_batch = Histogram("rnnserve_classify_batch_size", "Texts in each batch sent to the "
+                                        "classifier worker", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                                        registry=r)
         self.step_seconds = Histogram("rnnserve_step_duration_seconds", "Duration of one decode step "
                                       "(ONNX Runtime call and sampling) for the whole batch",
                                       buckets=LATENCY_BUCKETS, registry=r)
@@ -71,9 +74,9 @@ class ServiceMetrics(Metrics):
         self.session_bytes = Gauge("rnnserve_session_bytes", "Bytes of recurrent state held by sessions",
                                    registry=r)
 
-    def bind(self, engines: dict, store) -> None:
-        self.active.set_function(lambda: sum(len(e.active) for e in engines.values()))
-        self.queued.set_function(lambda: sum(e.queued for e in engines.values()))
+    def bind(self, engines: list, store) -> None:
+        self.active.set_function(lambda: sum(len(e.active) for e in engines))
+        self.queued.set_function(lambda: sum(e.queued for e in engines))
         self.sessions.set_function(lambda: store.stats()["sessions"])
         self.session_bytes.set_function(lambda: store.stats()["bytes"])
 

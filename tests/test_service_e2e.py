@@ -137,11 +137,24 @@ def test_classify_single_and_batch(server):
             assert abs(res["scores"][k] - single["scores"][k]) < 1e-5
 
 
+def _classify_batches(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics").text
+    get = lambda name: float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+    return get("rnnserve_classify_batch_size_count"), get("rnnserve_classify_batch_size_sum")
+
+
 def test_concurrent_classify_is_batched(server):
+    texts = ["ae" * (i + 1) for i in range(64)]
+    alone = {t: httpx.post(server.url + "/classify", json={"text": t}).json() for t in texts[:4]}
+    n0, s0 = _classify_batches(server.url)
     with ThreadPoolExecutor(32) as pool:
-        rs = list(pool.map(lambda i: httpx.post(server.url + "/classify", json={"text": "ae" * (i + 1)}, timeout=30),
-                           range(64)))
+        rs = list(pool.map(lambda t: httpx.post(server.url + "/classify", json={"text": t}, timeout=30), texts))
     assert all(r.status_code == 200 for r in rs)
+    n1, s1 = _classify_batches(server.url)
+    assert s1 - s0 == 64 and n1 - n0 < 64  # every text sent once, in fewer worker calls than requests
+    for t, r in zip(texts, rs):  # each answer is its own request's, and batched equals alone
+        if t in alone:
+            assert r.json()["scores"] == pytest.approx(alone[t]["scores"], abs=1e-5)
 
 
 def test_twenty_concurrent_streams(server):
@@ -305,3 +318,12 @@ def test_sigterm_ends_streams_with_a_final_event(artifacts):
     final = json.loads(events[-2][6:])
     assert final["finish_reason"] == "shutdown"
     s.stop()
+
+
+def test_length_buckets_keep_calls_of_similar_length():
+    from service.api import length_buckets
+    lengths = sorted([20] * 300 + [25, 30, 40, 60, 61, 200, 1100])
+    buckets = length_buckets([(n, i) for i, n in enumerate(lengths)])
+    assert [it for b in buckets for it in b] == sorted((n, i) for i, n in enumerate(lengths))  # all, in order
+    assert all(len(b) <= 256 and b[-1][0] <= b[0][0] * 1.5 + 16 for b in buckets)
+    assert [b[0][0] for b in buckets][-2:] == [200, 1100]  # the long texts are not padded into short calls

@@ -279,6 +279,7 @@ class Engine:
         self.metrics.step(batch, now - t0)
         keep = None
         firsts = 0
+        piece_of = self.piece
         for i, (r, tok) in enumerate(zip(self.active, new)):
             r.next_token = tok
             r.generated += 1
@@ -286,11 +287,17 @@ class Engine:
                 r.t_first = now
                 firsts += 1
                 self.metrics.first_token(now - r.t_arrival)
-            r.text += self.piece(tok)
-            reason = self._check_stop(r)
-            if reason is None and r.generated >= r.max_tokens:
-                reason = "length"
-            piece = self._emittable(r, final=reason is not None)
+            if r.stop:
+                r.text += piece_of(tok)
+                reason = self._check_stop(r)
+                if reason is None and r.generated >= r.max_tokens:
+                    reason = "length"
+                piece = self._emittable(r, final=reason is not None)
+            else:  # the common case, kept short: nothing to hold back
+                piece = piece_of(tok)
+                r.text += piece
+                r.sent = len(r.text)
+                reason = "length" if r.generated >= r.max_tokens else None
             if piece:
                 events.append((r, {"type": "text", "text": piece}))
             if reason is not None:

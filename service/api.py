@@ -328,7 +328,7 @@ class Service:
         req = GenRequest(prompt_ids=art.tokenizer.encode(prompt), max_tokens=max_tokens,
                          params=SamplingParams(sampling.temperature, top_k, sampling.top_p, sampling.seed),
                          stop=stop, session=session)
-        req.handle = asyncio.Queue()
+        req.handle = Channel()
         try:
             max(self.by_model[model], key=lambda e: e.free()).submit(req)
         except Overloaded as e:
@@ -338,18 +338,40 @@ class Service:
         return req
 
 
+class Channel:
+    """One request's events on the event loop: the step's hand-off appends, the writer takes them all.
+    (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)"""
+    __slots__ = ("items", "waiter")
+
+    def __init__(self):
+        self.items: list[dict] = []
+        self.waiter: asyncio.Future | None = None
+
+    def put(self, ev: dict) -> None:
+        self.items.append(ev)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def take(self) -> list[dict]:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items = self.items, []
+        return items
+
+
 def _dispatch(events) -> None:
     for req, ev in events:
-        req.handle.put_nowait(ev)
+        req.handle.put(ev)
 
 
 async def _next_events(req: GenRequest) -> list[dict]:
     """Wait for at least one event, then take everything that has piled up."""
-    q: asyncio.Queue = req.handle
-    events = [await q.get()]
-    while not q.empty():
-        events.append(q.get_nowait())
-    return events
+    return await req.handle.take()
 
 
 def _coalesce(events: list[dict]):

@@ -160,10 +160,11 @@ def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
 
 
 def classify_model_speed(artifact: Path, seconds: float, threads: int) -> dict:
-    """Texts/s of the classifier alone (no server) at batch 1 and 64, for each kind of input."""
+    """Texts/s of the classifier alone (no server, the worker's own length-bucketed path) at batch 1 and
+    64, for each kind of input."""
     from loadtest.clients import read_texts
     from service.artifact import load_artifact
-    from service.evaluate import classify_batch
+    from service.evaluate import classify_texts
     art = load_artifact(artifact, threads=threads)
     out = {}
     for kind, path in CLASSIFY_TEXTS.items():
@@ -173,7 +174,7 @@ def classify_model_speed(artifact: Path, seconds: float, threads: int) -> dict:
         for b in (1, 64):
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds:
-                classify_batch(art, [texts[i] for i in rng.integers(0, len(texts), b)])
+                classify_texts(art, [texts[i] for i in rng.integers(0, len(texts), b)])
                 n += b
             out[kind][b] = n / (time.perf_counter() - t0)
     return out
@@ -368,7 +369,8 @@ def report(r: dict) -> str:
             + ". This bounds what batching can gain.\n")
     ses = r["sessions"]
     lines += ["## 5. Sessions\n",
-              f"Held {ses['held']:,} sessions: recurrent state {ses['state_bytes_per_session']} bytes each "
+              f"Held {ses['held']:,} sessions: recurrent state "
+              f"{', '.join(f'{v:,} bytes ({k})' for k, v in ses['state_bytes_per_session'].items())} each "
               f"(store total {ses['store_bytes']:,} bytes); server RSS grew {ses['rss_delta_mb']:.1f} MB, "
               f"{ses['rss_bytes_per_session']:,.0f} bytes per session including bookkeeping.\n",
               "Continuing a conversation (16 new tokens after a short new turn), median latency:\n",

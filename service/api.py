@@ -38,7 +38,7 @@ from .artifact import Artifact, load_artifact, read_manifest
 from .config import (MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, Config, engine_threads,
                      resolve_models)
 from .engine import Engine, Overloaded, Request as GenRequest
-from .evaluate import classify_batch
+from .evaluate import classify_texts
 from .metrics import ServiceMetrics
 from .sampler import SamplingParams
 from .schemas import ClassifyRequest, CompletionRequest, GenerateRequest, RequestError, SessionCreate
@@ -76,19 +76,15 @@ class ClassifyAPI(ls.LitAPI):
         return request  # already a list of {"model", "texts", "single"}, validated in the API server
 
     def predict(self, batch: list[dict]) -> list[bytes]:
-        """All texts of all requests, per model, length-sorted and cut into calls of similar length."""
-        results = [[None] * len(r["texts"]) for r in batch]
+        """All texts of all requests, per model, in length-bucketed calls (evaluate.classify_texts)."""
+        results: list[list] = [[] for _ in batch]
         by_model: dict[str, list] = {}
         for i, r in enumerate(batch):
-            for j, t in enumerate(r["texts"]):
-                by_model.setdefault(r["model"], []).append((len(t), i, j, t))
-        for name, items in by_model.items():
-            art = self.models[name]
-            items.sort()
-            for chunk in length_buckets(items):
-                probs = classify_batch(art, [t for _, _, _, t in chunk])
-                for (_, i, j, _), p in zip(chunk, probs):
-                    results[i][j] = p
+            by_model.setdefault(r["model"], []).append(i)
+        for name, rows in by_model.items():
+            probs = iter(classify_texts(self.models[name], [t for i in rows for t in batch[i]["texts"]]))
+            for i in rows:
+                results[i] = [next(probs) for _ in batch[i]["texts"]]
         return [self._body(r, res) for r, res in zip(batch, results)]
 
     def _body(self, r: dict, probs: list) -> bytes:
@@ -103,20 +99,6 @@ class ClassifyAPI(ls.LitAPI):
 
     def health(self) -> bool:
         return _HEALTH["check"]()
-
-
-def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
-    """Cut length-sorted items into ORT calls whose texts have similar lengths: a padded call costs its
-    longest text for every row, so one long text in a call of short ones would multiply its cost."""
-    out, cur = [], []
-    for it in items:
-        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack):
-            out.append(cur)
-            cur = []
-        cur.append(it)
-    if cur:
-        out.append(cur)
-    return out
 
 
 class ClassifySpec(LitSpec):

@@ -83,6 +83,29 @@ def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
     return {"bpc": loss / LN2, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
 
+def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
+    """Cut (length, ...) items, sorted by length, into calls whose texts have similar lengths: a padded
+    call costs its longest text for every row, so one long text among short ones multiplies its cost."""
+    out, cur = [], []
+    for it in items:
+        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack):
+            out.append(cur)
+            cur = []
+        cur.append(it)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def classify_texts(art, texts: list[str]) -> list[np.ndarray]:
+    """Class probabilities for any number of texts, in input order: length-sorted, bucketed calls."""
+    out: list = [None] * len(texts)
+    for chunk in length_buckets(sorted((len(t), i) for i, t in enumerate(texts))):
+        for (_, i), p in zip(chunk, classify_batch(art, [texts[i] for _, i in chunk])):
+            out[i] = p
+    return out
+
+
 def classify_batch(art, texts: list[str], max_len: int = 400) -> np.ndarray:
     """Class probabilities for a list of texts (one padded ORT call)."""
     seqs = [art.tokenizer.encode(t)[:max_len] or [art.tokenizer.unk_id] for t in texts]
@@ -118,13 +141,7 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
             unknown[label] = unknown.get(label, 0) + 1
     if not known:
         raise ArtifactError(f"{path}: no row has a label the model knows ({', '.join(art.labels)})")
-    order = sorted(range(len(known)), key=lambda i: len(known[i][1]))
-    preds = [0] * len(known)
-    for k in range(0, len(order), 128):
-        idx = order[k:k + 128]
-        probs = classify_batch(art, [known[i][1] for i in idx])
-        for i, p in zip(idx, probs.argmax(1).tolist()):
-            preds[i] = p
+    preds = [int(p.argmax()) for p in classify_texts(art, [text for _, text in known])]
     r = classification_report([label_ids[l] for l, _ in known], preds, art.labels)
     r.update(kind="classifier", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
              unknown_labels=unknown)

@@ -321,7 +321,7 @@ def test_sigterm_ends_streams_with_a_final_event(artifacts):
 
 
 def test_length_buckets_keep_calls_of_similar_length():
-    from service.api import length_buckets
+    from service.evaluate import length_buckets
     lengths = sorted([20] * 300 + [25, 30, 40, 60, 61, 200, 1100])
     buckets = length_buckets([(n, i) for i, n in enumerate(lengths)])
     assert [it for b in buckets for it in b] == sorted((n, i) for i, n in enumerate(lengths))  # all, in order

@@ -29,7 +29,7 @@ def _eval(artifact: Path, data: Path, int8: bool = False) -> dict:
 def build_fortunes(build: Path, budget: float, seed: int) -> dict:
     text = F.english_lm_text(build / "fortunes-en.txt")
     run = build / "runs" / "fortunes"
-    args = LMArgs(data=[str(text)], out=str(run), cell="lstm", layers=1, hidden=512, embed=64, seq_len=128,
+    args = LMArgs(data=[str(text)], out=str(run), cell="lstm", layers=1, hidden=512, embed=64, dropout=0.0, seq_len=128,
                   batch_size=32, lr=4e-3, time_budget=budget, seed=seed, threads=2, eval_every=500, quiet=True)
     m = train_lm(args)
     art = REPO / "models" / "fortunes"

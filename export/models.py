@@ -55,6 +55,12 @@ class LanguageModel(nn.Module):
         h = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device)
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate (training decides it once it knows how long the run will be)."""
+        self.drop.p = p
+        self.rnn.dropout = p if self.num_layers > 1 else 0.0
+        self.config["dropout"] = p
+
     def forward(self, tokens: Tensor, state=None):
         """tokens (batch, time) -> logits (batch, time, vocab), new state."""
         if state is None:

@@ -30,8 +30,13 @@ def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
     p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=448 if lm else 128, help="hidden units per layer (default: %(default)s)")
     p.add_argument("--embed", type=int, default=64, help="embedding size (default: %(default)s)")
-    p.add_argument("--dropout", type=float, default=0.0 if lm else 0.3,
-                   help="dropout between layers and before the output layer (default: %(default)s)")
+    if lm:
+        p.add_argument("--dropout", type=float, default=None,
+                       help="dropout between layers and before the output layer (default: 0.25 when the run will "
+                            "read the text more than 8 times, which would over-fit it, else 0)")
+    else:
+        p.add_argument("--dropout", type=float, default=0.3,
+                       help="dropout between layers and before the output layer (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32 if lm else 64, help="sequences per batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=6e-3 if lm else 2e-3, help="peak Adam learning rate (default: %(default)s)")
     g = p.add_mutually_exclusive_group()

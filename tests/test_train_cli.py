@@ -66,3 +66,19 @@ def test_compare_prints_measured_table(tmp_path, text_file):
     assert lines[2].startswith("LSTM") and lines[3].startswith("GRU")
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert rows[0]["params"] > rows[1]["params"]  # an LSTM has 4 gates, a GRU 3
+
+
+def test_dropout_follows_the_number_of_passes(tmp_path, text_file):
+    """Default dropout is on only for runs that read the text many times (they would over-fit it);
+    an explicit --dropout always wins; with a time budget the passes are estimated from measured speed."""
+    def run(name, *extra):
+        rnnserve("train", "lm", "--data", text_file, "--out", tmp_path / name, "--hidden", 16, "--embed", 8,
+                 "--seq-len", 16, "--batch-size", 4, "--quiet", "--threads", 1, *extra)
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        if "--epochs" in extra:  # decided before the first checkpoint: the checkpoint says what was trained
+            assert torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["config"]["dropout"] == m["dropout"]
+        return m["dropout"]
+    assert run("few", "--epochs", 2) == 0.0
+    assert run("many", "--epochs", 12) == 0.25
+    assert run("explicit", "--epochs", 12, "--dropout", 0.1) == 0.1
+    assert run("budget", "--time-budget", 3) == 0.25  # a tiny model reads a small text many times in 3 s

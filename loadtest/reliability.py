@@ -76,13 +76,16 @@ def overload(max_batch: int = 16, max_queue: int = 16) -> dict:
 
 
 def reject_latency(n: int = 200) -> dict:
-    """503 latency one request at a time while the server is saturated (32 long streams running)."""
+    """503 latency one request at a time while the server is saturated (16 streams running, 16 queued)."""
     srv = Proc(SERVE, {"RNNSERVE_MAX_BATCH": "16", "RNNSERVE_MAX_QUEUE": "16", "RNNSERVE_LOG_LEVEL": "warning"})
     try:
         async def hold(c, i):
-            async with c.stream("POST", srv.url + "/generate", json={"max_tokens": 4096, "seed": i}) as r:
-                async for _ in r.aiter_lines():
-                    pass
+            # 4,096 tokens take only a few seconds at this speed: a finished stream is replaced at once,
+            # so the server stays full while the probes run
+            while True:
+                async with c.stream("POST", srv.url + "/generate", json={"max_tokens": 4096, "seed": i}) as r:
+                    async for _ in r.aiter_lines():
+                        pass
 
         async def main():
             async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as c:
@@ -102,8 +105,9 @@ def reject_latency(n: int = 200) -> dict:
         lat, codes = asyncio.run(main())
     finally:
         srv.stop()
-    return {"probes": n, "status_503": codes.count(503), "ms_p50": 1000 * pct(lat, 50), "ms_p99": 1000 * pct(lat, 99),
-            "ms_max": 1000 * max(lat)}
+    rej = [t for t, c in zip(lat, codes) if c == 503]  # the few probes that slip into a replaced slot are not 503s
+    return {"probes": n, "status_503": len(rej), "ms_p50": 1000 * pct(rej, 50), "ms_p99": 1000 * pct(rej, 99),
+            "ms_max": 1000 * max(rej)}
 
 
 def storm(clients: int = 200) -> dict:
@@ -211,8 +215,9 @@ def write(res: dict, path: Path, cmd: str) -> None:
              f"{o['reject_ms_p50']:.0f} ms, p99 {o['reject_ms_p99']:.0f} ms (max {o['reject_ms_max']:.0f} ms): that "
              "figure is dominated by the burst itself — one Python process opening hundreds of connections while the "
              "server's single event loop accepts and parses them all — not by the rejection.\n",
-             f"Rejection latency proper, measured one request at a time against the saturated server (32 streams "
-             f"running, queue full): {q['status_503']}/{q['probes']} answered 503 in p50 {q['ms_p50']:.1f} ms, "
+             f"Rejection latency proper, measured one request at a time against the saturated server (32 long "
+             f"streams holding its 16 slots and 16 queue places, each replaced as soon as it ends): "
+             f"{q['status_503']}/{q['probes']} answered 503 in p50 {q['ms_p50']:.1f} ms, "
              f"p99 {q['ms_p99']:.1f} ms, max {q['ms_max']:.1f} ms (target: within 100 ms).\n",
              "## Disconnect storm\n",
              f"{s['clients']} clients dropped their streams after the first events. Active streams before: "

@@ -1,15 +1,17 @@
-"""The HTTP skin: LitServe serves, the engine generates.
+"""The HTTP skin: LitServe serves, the engines generate.
 
-- /classify is a LitServe LitAPI: LitServe's dynamic batching collects
-  concurrent requests (up to `classify_max_batch`, waiting at most
-  `classify_wait_ms`) and the worker runs them, length-sorted and padded, in
-  one ONNX Runtime call.
+- /classify is a LitServe spec (ClassifySpec): concurrent requests are parked
+  in the API server and each gathered batch (up to `classify_max_batch`
+  texts, the first waiting at most `classify_wait_ms`) goes to LitServe's
+  worker process (ClassifyAPI) as one message; the worker classifies it in
+  length-bucketed ORT calls and answers with ready JSON bodies.
 - /generate, /v1/completions and /sessions are routes on LitServer's app,
-  served by the generation engine in the API server's own process: LitServe's
-  streaming path sends one pickled message per output across processes, which
-  would cap token throughput far below the model (docs/design.md). The engine
-  hands each step's events to the event loop in one call; the SSE writer
-  coalesces whatever has piled up into one message.
+  served by the generation engines in the API server's own process (one per
+  core per language model): LitServe's streaming path sends one pickled
+  message per output across processes, which would cap token throughput far
+  below the model (docs/design.md). An engine hands each step's events to the
+  event loop in one call; the SSE writer coalesces whatever has piled up into
+  one message.
 """
 
 import asyncio

@@ -306,7 +306,7 @@ def report(r: dict) -> str:
     nai = {row["concurrency"]: row for row in r["naive"]}
     m = r["model"]
     cmd = "rnnserve bench --quick" if r["quick"] else "rnnserve bench"
-    lines = [f"# Benchmarks\n", f"Produced by `{cmd}` in {r['seconds']:.0f} s on {r['machine']['cores']} cores "
+    lines = ["# Benchmarks\n", f"Produced by `{cmd}` in {r['seconds']:.0f} s on {r['machine']['cores']} cores "
              f"({r['machine']['cpu']}), Python {r['machine']['python']}, onnxruntime {r['raw']['ort_version']}. "
              f"Model: the bundled `fortunes` ({m['cell'].upper()}, {m['layers']} layer, hidden {m['hidden']}, "
              f"vocab {m['vocab_size']}). Every ratio compares figures from this same run. Clients (aiohttp) run in a "

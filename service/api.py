@@ -28,7 +28,6 @@ from collections import deque
 from pathlib import Path
 
 import litserve as ls
-import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -226,7 +225,7 @@ class Service:
         self.sessions = SessionStore(config.session_ttl, config.max_sessions,
                                      int(config.session_memory_mb * (1 << 20)))
         # Each language model gets `n` engine threads sharing its ORT session (run() is thread-safe);
-        # a request goes to the least loaded one, so the running streams are split between them.
+        # a request goes to the one with the most free places, so the running streams are split evenly.
         # The limits are split exactly, so the model as a whole keeps max_batch running and max_queue waiting.
         n = max(1, min(engine_threads(config), config.max_batch))
         share = lambda total, i: total // n + (i < total % n)  # noqa: E731

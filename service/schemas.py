@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 

@@ -1,7 +1,6 @@
 """The bundled artifacts in models/: torch-free loading, manifest checks, recorded metrics reproduced."""
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -1,7 +1,7 @@
 import pytest
 
 from export import data as D
-from tests.conftest import make_fortunes, rnnserve
+from tests.conftest import rnnserve
 
 
 def test_fortune_file_read_as_documents(tmp_path):

@@ -18,7 +18,7 @@ def test_lm_training_run_loss_falls_and_checkpoint_loads(tmp_path, text_file):
     assert m["val_bpc"] == min(bpcs)  # best kept
     blob = torch.load(out / "checkpoint.pt", weights_only=True)
     assert blob["config"]["kind"] == "lm" and blob["config"]["hidden_size"] == 48
-    from export.train import evaluate_lm, load_run
+    from export.train import load_run
     model, tok, _ = load_run(out)
     s = rnnserve("sample", out, "--prompt", "The ", "--max-tokens", 40, "--temperature", 0.5, "--seed", 3)
     assert s.stdout.startswith("The ") and len(s.stdout.rstrip("\n")) >= 30

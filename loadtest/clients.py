@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -104,8 +104,8 @@ def read_texts(path: str | None) -> list[str]:
     """The `text` column of a CSV/TSV (e.g. a model's eval_sample.csv), or the built-in sentences."""
     if not path:
         return TEXTS
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row["text"] for row in csv.DictReader(f, dialect="excel-tab" if path.endswith(".tsv") else "excel")]
+    from service.evaluate import read_rows  # the CSV/TSV reader `rnnserve eval` uses
+    return [text for _, text in read_rows(Path(path))]
 
 
 async def classify(url: str, concurrency: int, seconds: float, texts: list[str]) -> dict:

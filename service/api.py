@@ -118,6 +118,7 @@ class ClassifySpec(LitSpec):
         self.max_texts, self.wait_s, self.timeout, self.metrics = max(1, max_texts), wait_s, timeout, metrics
         self.api_path = "/classify"  # LitServe keys the worker's request queue by the spec's path
         self._pending: deque | None = None  # created on the event loop, never pickled to the worker
+        self._pending_texts = 0
         self.add_endpoint("/classify", self.classify, ["POST"])
 
     def __getstate__(self):
@@ -144,6 +145,7 @@ class ClassifySpec(LitSpec):
                 "single": single}
         fut = loop.create_future()
         self._pending.append((item, fut, loop.time()))
+        self._pending_texts += len(item["texts"])
         self._wake.set()
         try:
             body = await fut
@@ -160,7 +162,7 @@ class ClassifySpec(LitSpec):
                 await self._wake.wait()
             await self._slots.acquire()
             # give the oldest request up to wait_s to gather company, unless the batch is already full
-            while self._count() < self.max_texts:
+            while self._pending_texts < self.max_texts:
                 left = self._pending[0][2] + self.wait_s - loop.time() if self._pending else 0
                 if left <= 0:
                     break
@@ -172,6 +174,7 @@ class ClassifySpec(LitSpec):
             batch, n = [], 0
             while self._pending and (not batch or n + len(self._pending[0][0]["texts"]) <= self.max_texts):
                 item, fut, _ = self._pending.popleft()
+                self._pending_texts -= len(item["texts"])
                 if not fut.done():
                     batch.append((item, fut))
                     n += len(item["texts"])
@@ -179,9 +182,6 @@ class ClassifySpec(LitSpec):
                 self._slots.release()
                 continue
             loop.create_task(self._send(batch, n))
-
-    def _count(self) -> int:
-        return sum(len(item["texts"]) for item, _, _ in self._pending)
 
     async def _send(self, batch: list, n: int) -> None:
         try:

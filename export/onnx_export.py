@@ -28,16 +28,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.artifact import sha256_file  # one definition for writer and reader
+from service.artifact import io_names, sha256_file  # one definition of the contract for writer and reader
 
 from .models import Classifier, LanguageModel
 from .train import load_run, pad_batch
 
 FORMAT_VERSION = 1
 PARITY_LIMIT = 1e-4
-LM_INPUTS = {"lstm": ["tokens", "h0", "c0"], "gru": ["tokens", "h0"]}
-LM_OUTPUTS = {"lstm": ["logits", "hn", "cn"], "gru": ["logits", "hn"]}
-CLS_INPUTS, CLS_OUTPUTS = ["tokens", "lengths"], ["logits"]
 
 
 class ExportError(Exception):
@@ -68,13 +65,13 @@ def _export_graph(model: nn.Module, path: Path, opset: int) -> None:
         wrapper = _LSTMStep(model) if model.cell == "lstm" else _GRUStep(model)
         state = model.init_state(2)
         args = (torch.zeros(2, 3, dtype=torch.long),) + (state if isinstance(state, tuple) else (state,))
-        inputs, outputs = LM_INPUTS[model.cell], LM_OUTPUTS[model.cell]
+        inputs, outputs = io_names("lm", model.cell)
         axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
         axes.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
     else:
         wrapper = model
         args = (torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 2]))
-        inputs, outputs = CLS_INPUTS, CLS_OUTPUTS
+        inputs, outputs = io_names("classifier", model.cell)
         axes = {"tokens": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -106,7 +103,7 @@ def lm_parity(model: LanguageModel, onnx_path: Path, token_rows: list[list[int]]
     tokens = torch.tensor([r[: prefill + steps] for r in token_rows])
     state = model.init_state(len(token_rows))
     feed_state = list(state) if isinstance(state, tuple) else [state]
-    names = LM_INPUTS[model.cell]
+    names, _ = io_names("lm", model.cell)
     worst = 0.0
     chunks = [(0, prefill)] + [(prefill + k, prefill + k + 1) for k in range(steps)]
     for a, b in chunks:
@@ -182,8 +179,8 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
             "embed": cfg["embed_dim"],
             "vocab_size": cfg["vocab_size"],
             "bidirectional": not lm,
-            "inputs": LM_INPUTS[cfg["cell"]] if lm else CLS_INPUTS,
-            "outputs": LM_OUTPUTS[cfg["cell"]] if lm else CLS_OUTPUTS,
+            "inputs": io_names(cfg["kind"], cfg["cell"])[0],
+            "outputs": io_names(cfg["kind"], cfg["cell"])[1],
             "labels": None if lm else metrics.get("labels") or metrics["train"].get("labels"),
             "pad_id": tok.pad_id,
             "unk_id": tok.unk_id,

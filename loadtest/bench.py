@@ -113,15 +113,13 @@ def measured(server: Proc, *args: str) -> dict:
 
 def decode_speed(art, batch: int, seconds: float) -> float:
     """Seconds per decode step (time = 1) at this batch size, state carried."""
-    from service.artifact import zero_state
-    names = art.manifest["inputs"]
-    state = zero_state(art, batch)
+    state = art.zero_state(batch)
     tokens = np.random.default_rng(0).integers(2, art.tokenizer.vocab_size, size=(batch, 1))
     for _ in range(10):
-        art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
+        art.run(tokens, state)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        state = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})[1:]
+        _, state = art.run(tokens, state)
         steps += 1
     return (time.perf_counter() - t0) / steps
 
@@ -164,7 +162,7 @@ def classify_model_speed(artifact: Path, seconds: float, threads: int) -> dict:
     64, for each kind of input."""
     from loadtest.clients import read_texts
     from service.artifact import load_artifact
-    from service.evaluate import classify_texts
+    from service.classifier import classify_texts
     art = load_artifact(artifact, threads=threads)
     out = {}
     for kind, path in CLASSIFY_TEXTS.items():

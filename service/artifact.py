@@ -19,12 +19,21 @@ import onnxruntime as ort
 SUPPORTED_FORMAT = 1
 REQUIRED_KEYS = ("format_version", "kind", "cell", "layers", "hidden", "vocab_size", "bidirectional",
                  "inputs", "outputs", "pad_id", "unk_id", "onnx_sha256", "opset")
+# The graph's input and output names by (kind, cell): the contract of docs/artifact.md, written once.
+# The exporter names the graph's tensors from it; the loader checks every artifact against it.
 EXPECTED_IO = {
     ("lm", "lstm"): (["tokens", "h0", "c0"], ["logits", "hn", "cn"]),
     ("lm", "gru"): (["tokens", "h0"], ["logits", "hn"]),
     ("classifier", "lstm"): (["tokens", "lengths"], ["logits"]),
     ("classifier", "gru"): (["tokens", "lengths"], ["logits"]),
 }
+
+
+def io_names(kind: str, cell: str) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of an artifact's graph: tokens then the state (h, and c for an LSTM) for a
+    language model, tokens and lengths for a classifier."""
+    inputs, outputs = EXPECTED_IO[(kind, cell)]
+    return list(inputs), list(outputs)
 
 
 class ArtifactError(Exception):
@@ -88,6 +97,28 @@ class Artifact:
     onnx_file: str
     labels: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        self._state_names = self.manifest["inputs"][1:]  # h0 (and c0), or lengths for a classifier
+
+    def run(self, tokens: np.ndarray, state: list[np.ndarray] | None = None,
+            lengths: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One call of the graph: the one way every part of rnnserve runs a model.
+
+        Language model: tokens int64 [batch, time] and the state carried in (h, and c for an LSTM, each
+        float32 [layers, batch, hidden]; zeros when None) -> (logits [batch, time, vocab], state out).
+        Classifier: tokens padded with pad_id and lengths int64 [batch] -> (logits [batch, classes], [])."""
+        if self.kind == "classifier":
+            return self.session.run(None, {"tokens": tokens, "lengths": lengths})[0], []
+        if state is None:
+            state = self.zero_state(tokens.shape[0])
+        out = self.session.run(None, {"tokens": tokens, **dict(zip(self._state_names, state))})
+        return out[0], out[1:]
+
+    def zero_state(self, batch: int) -> list[np.ndarray]:
+        """The state of `batch` fresh sequences: zeros, one (layers, batch, hidden) array per state tensor."""
+        layers, hidden = self.state_shape_per_row
+        return [np.zeros((layers, batch, hidden), np.float32) for _ in range(2 if self.is_lstm else 1)]
+
     @property
     def kind(self) -> str:
         return self.manifest["kind"]
@@ -132,7 +163,7 @@ def read_manifest(folder: Path) -> dict:
                             f"(this rnnserve reads version {SUPPORTED_FORMAT})")
     if (m["kind"], m["cell"]) not in EXPECTED_IO:
         raise ArtifactError(f"{path}: unknown kind/cell {m['kind']!r}/{m['cell']!r}")
-    inputs, outputs = EXPECTED_IO[(m["kind"], m["cell"])]
+    inputs, outputs = io_names(m["kind"], m["cell"])
     if m["inputs"] != inputs or m["outputs"] != outputs:
         raise ArtifactError(f"{path}: inputs/outputs {m['inputs']}/{m['outputs']} do not match the "
                             f"{m['kind']} {m['cell']} contract {inputs}/{outputs}")
@@ -186,9 +217,3 @@ def load_artifact(folder: str | Path, name: str | None = None, int8: bool = Fals
         raise ArtifactError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} entries but model.json "
                             f"says vocab_size {m['vocab_size']}")
     return Artifact(name or folder.name, folder, m, tok, sess, onnx_name, list(m.get("labels") or []))
-
-
-def zero_state(art: Artifact, batch: int) -> list[np.ndarray]:
-    layers, hidden = art.state_shape_per_row
-    n = 2 if art.is_lstm else 1
-    return [np.zeros((layers, batch, hidden), np.float32) for _ in range(n)]

@@ -10,69 +10,68 @@ One engine serves one language-model artifact from one thread:
   time = 1, the batch's state living in one (layers, batch, hidden) array per
   state tensor that ORT hands back each step;
 - *sample*: one vectorised call over the batch (sampler.py);
-- *retire*: a finished, stopped or cancelled row leaves the batch at once, its
-  state going back to its session, if any.
+- *retire*: a finished, stopped or cancelled row leaves the batch at once.
 
 A row's state has consumed everything except its `next_token`: the last
-prompt or generated token, fed at the next step. That is also what a session
-keeps, so continuing a session recomputes nothing and an empty prompt simply
-continues the text.
+prompt or generated token, fed at the next step. That pair is what a session
+keeps (`SessionState`), so continuing a session recomputes nothing and an
+empty prompt simply continues the text. The engine knows nothing of where
+sessions are stored: a request may bring a state to start from, and a request
+that asks to keep its state gets the state it reached in its final event.
 
-Events for the HTTP layer are collected over a step and handed to `deliver`
-in one call (one cross-thread wake-up per step, not per token).
+Every request ends with exactly one final event (`Done` or `Failed`). Events
+are collected over a step and handed to `deliver` in one call (one
+cross-thread wake-up per step, not per token).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from .artifact import Artifact, zero_state
-from .sampler import SamplingParams, sample
-from .sessions import Session, SessionStore
+from .artifact import Artifact
+from .requests import Done, Event, Failed, GenerationRequest, Text
+from .sampler import sample
+from .sessions import SessionState
 
 log = logging.getLogger("rnnserve.engine")
 
 
 class Overloaded(Exception):
-    """The queue is full: the HTTP layer answers 503 with Retry-After."""
+    """The engine cannot take the request (queue full, or shutting down): the HTTP layer answers 503."""
 
 
-@dataclass
-class Request:
-    prompt_ids: list[int]
-    max_tokens: int
-    params: SamplingParams
-    stop: list[str] = field(default_factory=list)
-    session: Session | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    handle: object = None  # opaque to the engine: the HTTP layer's per-request channel
-    # runtime, owned by the engine thread
-    feed: list[int] = field(default_factory=list)
-    cursor: int = 0
-    state: list[np.ndarray] | None = None
-    next_token: int = 0
-    generated: int = 0
-    text: str = ""
-    sent: int = 0
-    stop_scan: int = 0
-    cancelled: bool = False
-    released: bool = False
-    t_arrival: float = field(default_factory=time.perf_counter)
-    t_first: float | None = None
+class Slot:
+    """A request's running state inside the engine (engine thread only)."""
+    __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
+                 "t_first", "tokens_seen")
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def __init__(self, req: GenerationRequest, bos_ids: list[int], zero_state: list[np.ndarray]):
+        self.req = req
+        start = req.start
+        if start is not None:
+            self.state = [a[:, None, :].copy() for a in start.arrays]
+            self.feed = [start.next_token] + req.prompt_ids
+            self.tokens_seen = start.tokens_seen
+        else:
+            self.state = zero_state
+            self.feed = bos_ids + req.prompt_ids
+            self.tokens_seen = 0
+        self.cursor = 0
+        self.next_token = 0
+        self.generated = 0
+        self.text = ""
+        self.sent = 0
+        self.stop_scan = 0
+        self.t_first: float | None = None
 
 
 class Metrics:
-    """What the engine reports; the HTTP layer plugs in Prometheus (service/metrics.py)."""
+    """What the engine reports; the service plugs in Prometheus (service/metrics.py)."""
 
     def step(self, batch: int, seconds: float) -> None: ...
     def prefill(self, rows: int, tokens: int, seconds: float) -> None: ...
@@ -82,27 +81,27 @@ class Metrics:
     def finished(self, reason: str) -> None: ...
 
 
+Deliver = Callable[[list[tuple[GenerationRequest, Event]]], None]
+
+
 class Engine:
-    def __init__(self, artifact: Artifact, deliver: Callable[[list[tuple[Request, dict]]], None],
-                 sessions: SessionStore | None = None, max_batch: int = 128, max_queue: int = 256,
+    def __init__(self, artifact: Artifact, deliver: Deliver, max_batch: int = 128, max_queue: int = 256,
                  prefill_chunk: int = 256, metrics: Metrics | None = None, name: str | None = None):
         if artifact.kind != "lm":
             raise ValueError(f"{artifact.name}: the generation engine needs a language model")
         self.art = artifact
         self.name = name or artifact.name
         self.deliver = deliver
-        self.sessions = sessions
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.metrics = metrics or Metrics()
-        self.names = artifact.manifest["inputs"]
         bos = artifact.manifest.get("bos_text") or "\n"
         self.bos_ids = artifact.tokenizer.encode(bos) or [artifact.tokenizer.unk_id]
         self.piece = artifact.tokenizer.piece
-        self._inbox: deque[Request] = deque()
+        self._inbox: deque[GenerationRequest] = deque()
         self._cv = threading.Condition()
-        self.prefilling: list[Request] = []
-        self.active: list[Request] = []
-        self.state: list[np.ndarray] = zero_state(artifact, 0)
+        self.prefilling: list[Slot] = []
+        self.active: list[Slot] = []
+        self.state: list[np.ndarray] = artifact.zero_state(0)
         self._params_dirty = True
         self._running = False
         self._draining: str | None = None
@@ -132,7 +131,7 @@ class Engine:
         """Requests this engine can still take: free slots first, then queue places."""
         return self.max_batch + self.max_queue - self.load()
 
-    def submit(self, req: Request) -> Request:
+    def submit(self, req: GenerationRequest) -> GenerationRequest:
         with self._cv:
             if not self._running or self._draining:
                 raise Overloaded("the engine is shutting down")
@@ -145,32 +144,12 @@ class Engine:
 
     def shutdown(self, reason: str = "shutdown", timeout: float = 10.0) -> None:
         """Stop taking requests, end every request in flight with a final event (finish_reason
-        `reason`, sessions keeping the state reached), and stop the thread."""
+        `reason`, the state reached kept for those that asked), and stop the thread."""
         with self._cv:
             self._draining = reason
             self._cv.notify()
         if self._thread:
             self._thread.join(timeout)
-
-    def _drain(self) -> None:
-        events = []
-        for r in self._inbox:
-            self._release_session(r, keep=False)
-            events.append((r, self._final(r, self._draining)))
-        self._inbox.clear()
-        for r in self.prefilling:
-            self._release_session(r, keep=False)
-            events.append((r, self._final(r, self._draining)))
-        for i, r in enumerate(self.active):
-            self._release_session(r, keep=True, row=i)
-            piece = self._emittable(r, final=True)
-            if piece:
-                events.append((r, {"type": "text", "text": piece}))
-            events.append((r, self._final(r, self._draining)))
-        self.prefilling, self.active = [], []
-        self.state = zero_state(self.art, 0)
-        if events:
-            self.deliver(events)
 
     # ------------------------------------------------------------------ engine thread
     def _loop(self) -> None:
@@ -187,13 +166,13 @@ class Engine:
                 if not self._running:
                     return
                 while self._inbox and len(self.prefilling) + len(self.active) < self.max_batch:
-                    self.prefilling.append(self._start(self._inbox.popleft()))
+                    self.prefilling.append(Slot(self._inbox.popleft(), self.bos_ids, self.art.zero_state(1)))
             self.heartbeat = time.monotonic()
-            events: list[tuple[Request, dict]] = []
+            events: list[tuple[GenerationRequest, Event]] = []
             try:
                 if self.fault_hook:
                     self.fault_hook()
-                self._drop_cancelled()
+                self._drop_cancelled(events)
                 self._prefill_some()
                 self._step(events)
             except Exception as e:  # a failed step ends the affected requests, never the engine
@@ -202,27 +181,30 @@ class Engine:
             if events:
                 self.deliver(events)
 
-    def _start(self, r: Request) -> Request:
-        s = r.session
-        if s is not None and s.state is not None:
-            r.state = [a[:, None, :].copy() for a in s.state]
-            r.feed = [s.last_token] + r.prompt_ids
-        else:
-            r.state = zero_state(self.art, 1)
-            r.feed = self.bos_ids + r.prompt_ids
-        r.cursor = 0
-        return r
+    def _drain(self) -> None:
+        reason = self._draining
+        events = [(r, self._done(r, reason, None)) for r in self._inbox]
+        events += [(s.req, self._done(s.req, reason, None)) for s in self.prefilling]
+        for i, s in enumerate(self.active):
+            piece = self._emittable(s, final=True)
+            if piece:
+                events.append((s.req, Text(piece)))
+            events.append((s.req, self._final(s, reason, i)))
+        self._inbox.clear()
+        self.prefilling, self.active = [], []
+        self.state = self.art.zero_state(0)
+        if events:
+            self.deliver(events)
 
-    def _drop_cancelled(self) -> None:
-        if any(r.cancelled for r in self.prefilling):
-            for r in [r for r in self.prefilling if r.cancelled]:
-                self._release_session(r, keep=False)
-            self.prefilling = [r for r in self.prefilling if not r.cancelled]
-        if any(r.cancelled for r in self.active):
-            keep = np.array([not r.cancelled for r in self.active])
-            for i, r in enumerate(self.active):
-                if r.cancelled:
-                    self._release_session(r, keep=True, row=i)
+    def _drop_cancelled(self, events: list) -> None:
+        if any(s.req.cancelled for s in self.prefilling):
+            events += [(s.req, self._done(s.req, "cancelled", None)) for s in self.prefilling if s.req.cancelled]
+            self.prefilling = [s for s in self.prefilling if not s.req.cancelled]
+        if any(s.req.cancelled for s in self.active):
+            keep = np.array([not s.req.cancelled for s in self.active])
+            for i, s in enumerate(self.active):
+                if s.req.cancelled:
+                    events.append((s.req, self._final(s, "cancelled", i)))
                     self.metrics.finished("cancelled")
             self._retire(keep)
 
@@ -230,37 +212,37 @@ class Engine:
         """Run one chunk of every prompt still being read, grouped by chunk length."""
         if not self.prefilling:
             return
-        groups: dict[int, list[Request]] = {}
-        for r in self.prefilling:
-            todo = len(r.feed) - 1 - r.cursor  # the last token is left for the decode step
+        groups: dict[int, list[Slot]] = {}
+        for s in self.prefilling:
+            todo = len(s.feed) - 1 - s.cursor  # the last token is left for the decode step
             if todo > 0:
-                groups.setdefault(min(todo, self.prefill_chunk), []).append(r)
+                groups.setdefault(min(todo, self.prefill_chunk), []).append(s)
         for n, rows in groups.items():
             t0 = time.perf_counter()
-            tokens = np.array([r.feed[r.cursor:r.cursor + n] for r in rows], dtype=np.int64)
-            state = [np.concatenate([r.state[k] for r in rows], axis=1) for k in range(len(rows[0].state))]
-            out = self.art.session.run(None, {"tokens": tokens, **dict(zip(self.names[1:], state))})
-            for i, r in enumerate(rows):
-                r.state = [o[:, i:i + 1, :] for o in out[1:]]
-                r.cursor += n
+            tokens = np.array([s.feed[s.cursor:s.cursor + n] for s in rows], dtype=np.int64)
+            state = [np.concatenate([s.state[k] for s in rows], axis=1) for k in range(len(rows[0].state))]
+            _, out = self.art.run(tokens, state)
+            for i, s in enumerate(rows):
+                s.state = [o[:, i:i + 1, :] for o in out]
+                s.cursor += n
             self.metrics.prefill(len(rows), tokens.size, time.perf_counter() - t0)
-        ready = [r for r in self.prefilling if r.cursor >= len(r.feed) - 1]
+        ready = [s for s in self.prefilling if s.cursor >= len(s.feed) - 1]
         if ready:
-            self.prefilling = [r for r in self.prefilling if r.cursor < len(r.feed) - 1]
-            for r in ready:
-                r.next_token = r.feed[-1]
-            self.state = [np.concatenate([s] + [r.state[k] for r in ready], axis=1)
-                          for k, s in enumerate(self.state)]
-            for r in ready:
-                r.state = None
+            self.prefilling = [s for s in self.prefilling if s.cursor < len(s.feed) - 1]
+            for s in ready:
+                s.next_token = s.feed[-1]
+            self.state = [np.concatenate([a] + [s.state[k] for s in ready], axis=1)
+                          for k, a in enumerate(self.state)]
+            for s in ready:
+                s.state = None
             self.active += ready
             self._params_dirty = True
 
     def _batch_params(self):
         if self._params_dirty:
-            self._temp = np.array([r.params.temperature for r in self.active], dtype=np.float32)
-            self._topk = np.array([r.params.top_k for r in self.active], dtype=np.int64)
-            self._topp = np.array([r.params.top_p for r in self.active], dtype=np.float32)
+            self._temp = np.array([s.req.sampling.temperature for s in self.active], dtype=np.float32)
+            self._topk = np.array([s.req.sampling.top_k for s in self.active], dtype=np.int64)
+            self._topp = np.array([s.req.sampling.top_p for s in self.active], dtype=np.float32)
             self._params_dirty = False
         return self._temp, self._topk, self._topp
 
@@ -269,40 +251,38 @@ class Engine:
             return
         t0 = time.perf_counter()
         batch = len(self.active)
-        tokens = np.fromiter((r.next_token for r in self.active), dtype=np.int64, count=batch)[:, None]
-        out = self.art.session.run(None, {"tokens": tokens, **dict(zip(self.names[1:], self.state))})
-        self.state = out[1:]
+        tokens = np.fromiter((s.next_token for s in self.active), dtype=np.int64, count=batch)[:, None]
+        logits, self.state = self.art.run(tokens, self.state)
         temp, topk, topp = self._batch_params()
-        uniforms = np.fromiter((r.params.rng.random() for r in self.active), dtype=np.float64, count=batch)
-        new = sample(out[0][:, 0, :], temp, topk, topp, uniforms).tolist()
+        uniforms = np.fromiter((s.req.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
+        new = sample(logits[:, 0, :], temp, topk, topp, uniforms).tolist()
         now = time.perf_counter()
         self.metrics.step(batch, now - t0)
         keep = None
         firsts = 0
         piece_of = self.piece
-        for i, (r, tok) in enumerate(zip(self.active, new)):
-            r.next_token = tok
-            r.generated += 1
-            if r.t_first is None:
-                r.t_first = now
+        for i, (s, tok) in enumerate(zip(self.active, new)):
+            s.next_token = tok
+            s.generated += 1
+            if s.t_first is None:
+                s.t_first = now
                 firsts += 1
-                self.metrics.first_token(now - r.t_arrival)
-            if r.stop:
-                r.text += piece_of(tok)
-                reason = self._check_stop(r)
-                if reason is None and r.generated >= r.max_tokens:
+                self.metrics.first_token(now - s.req.arrival)
+            if s.req.stop:
+                s.text += piece_of(tok)
+                reason = self._check_stop(s)
+                if reason is None and s.generated >= s.req.max_tokens:
                     reason = "length"
-                piece = self._emittable(r, final=reason is not None)
+                piece = self._emittable(s, final=reason is not None)
             else:  # the common case, kept short: nothing to hold back
                 piece = piece_of(tok)
-                r.text += piece
-                r.sent = len(r.text)
-                reason = "length" if r.generated >= r.max_tokens else None
+                s.text += piece
+                s.sent = len(s.text)
+                reason = "length" if s.generated >= s.req.max_tokens else None
             if piece:
-                events.append((r, {"type": "text", "text": piece}))
+                events.append((s.req, Text(piece)))
             if reason is not None:
-                self._release_session(r, keep=True, row=i)
-                events.append((r, self._final(r, reason)))
+                events.append((s.req, self._final(s, reason, i)))
                 self.metrics.finished(reason)
                 if keep is None:
                     keep = np.ones(batch, dtype=bool)
@@ -314,62 +294,55 @@ class Engine:
         if keep is not None:
             self._retire(keep)
 
-    def _check_stop(self, r: Request) -> str | None:
-        if not r.stop:
-            return None
-        longest = max(len(s) for s in r.stop)
-        start = max(0, r.stop_scan - longest + 1)
-        hits = [i for i in (r.text.find(s, start) for s in r.stop) if i >= 0]
-        r.stop_scan = len(r.text)
+    def _check_stop(self, s: Slot) -> str | None:
+        stop = s.req.stop
+        longest = max(len(x) for x in stop)
+        start = max(0, s.stop_scan - longest + 1)
+        hits = [i for i in (s.text.find(x, start) for x in stop) if i >= 0]
+        s.stop_scan = len(s.text)
         if hits:
-            r.text = r.text[: min(hits)]
+            s.text = s.text[: min(hits)]
             return "stop"
         return None
 
-    def _emittable(self, r: Request, final: bool) -> str:
+    def _emittable(self, s: Slot, final: bool) -> str:
         """New text that can be sent: hold back a tail that could still grow into a stop string."""
-        end = len(r.text)
-        if not final and r.stop:
-            for hold in range(min(max(len(s) for s in r.stop) - 1, end - r.sent), 0, -1):
-                tail = r.text[end - hold:]
-                if any(s.startswith(tail) for s in r.stop):
+        end = len(s.text)
+        stop = s.req.stop
+        if not final and stop:
+            for hold in range(min(max(len(x) for x in stop) - 1, end - s.sent), 0, -1):
+                tail = s.text[end - hold:]
+                if any(x.startswith(tail) for x in stop):
                     end -= hold
                     break
-        piece = r.text[r.sent:end]
-        r.sent = end
+        piece = s.text[s.sent:end]
+        s.sent = end
         return piece
 
-    def _final(self, r: Request, reason: str) -> dict:
-        return {"type": "done", "finish_reason": reason, "text": r.text,
-                "usage": {"prompt_tokens": len(r.prompt_ids), "completion_tokens": r.generated},
-                "session_id": r.session.id if r.session else None}
+    def _final(self, s: Slot, reason: str, row: int) -> Done:
+        """The final event of an active row; with the state it reached when the request keeps state."""
+        kept = None
+        if s.req.keep_state:
+            kept = SessionState([np.ascontiguousarray(a[:, row, :]) for a in self.state], s.next_token,
+                                s.tokens_seen + len(s.feed) - 1 + s.generated)
+        return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept)
+
+    @staticmethod
+    def _done(req: GenerationRequest, reason: str, kept: SessionState | None) -> Done:
+        """The final event of a request that never reached the running batch."""
+        return Done(reason, "", len(req.prompt_ids), 0, kept)
 
     def _retire(self, keep: np.ndarray) -> None:
-        self.active = [r for r, k in zip(self.active, keep) if k]
-        self.state = [np.ascontiguousarray(s[:, keep, :]) for s in self.state]
+        self.active = [s for s, k in zip(self.active, keep) if k]
+        self.state = [np.ascontiguousarray(a[:, keep, :]) for a in self.state]
         self._params_dirty = True
 
-    def _release_session(self, r: Request, keep: bool, row: int | None = None) -> None:
-        """Hand the session back: with the row's state when `keep`, untouched otherwise."""
-        s = r.session
-        if s is None or r.released or self.sessions is None:
-            return
-        r.released = True
-        if keep and row is not None:
-            state = [np.ascontiguousarray(a[:, row, :]) for a in self.state]
-            self.sessions.release(s, state, r.next_token, fed=len(r.feed) - 1 + r.generated)
-        else:
-            self.sessions.release(s)
-
-    def _fail_all(self, e: Exception) -> list[tuple[Request, dict]]:
+    def _fail_all(self, e: Exception) -> list[tuple[GenerationRequest, Event]]:
         rows = self.prefilling + self.active
         self.prefilling, self.active = [], []
-        self.state = zero_state(self.art, 0)
+        self.state = self.art.zero_state(0)
         self._params_dirty = True
-        events = []
-        for r in rows:
-            self._release_session(r, keep=False)
-            events.append((r, {"type": "error", "status": 503,
-                               "message": f"inference failed on this step ({type(e).__name__}); retry the request"}))
+        message = f"inference failed on this step ({type(e).__name__}); retry the request"
+        for _ in rows:
             self.metrics.finished("error")
-        return events
+        return [(s.req, Failed(message)) for s in rows]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import ArtifactError, load_artifact, zero_state
+from .artifact import ArtifactError, load_artifact
+from .classifier import classify_texts
 
 LN2 = math.log(2)
 
@@ -65,15 +66,14 @@ def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
     streams = max(1, min(streams, len(ids) // 2))
     n = len(ids) // streams
     rows = np.asarray(ids[: n * streams], dtype=np.int64).reshape(streams, n)
-    state = zero_state(art, streams)
-    names = art.manifest["inputs"]
+    state = art.zero_state(streams)
     total, count = 0.0, 0
     for i in range(0, n - 1, chunk):
         x = rows[:, i:i + chunk]
         y = rows[:, i + 1:i + 1 + chunk]
         x = x[:, : y.shape[1]]
-        out = art.session.run(None, {"tokens": x, **dict(zip(names[1:], state))})
-        logits, state = out[0].astype(np.float64), out[1:]
+        logits, state = art.run(x, state)
+        logits = logits.astype(np.float64)
         m = logits.max(-1, keepdims=True)
         logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
         picked = np.take_along_axis(logits, y[..., None], -1)[..., 0]
@@ -81,41 +81,6 @@ def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
         count += y.size
     loss = total / count
     return {"bpc": loss / LN2, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
-
-
-def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
-    """Cut (length, ...) items, sorted by length, into calls whose texts have similar lengths: a padded
-    call costs its longest text for every row, so one long text among short ones multiplies its cost."""
-    out, cur = [], []
-    for it in items:
-        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack):
-            out.append(cur)
-            cur = []
-        cur.append(it)
-    if cur:
-        out.append(cur)
-    return out
-
-
-def classify_texts(art, texts: list[str]) -> list[np.ndarray]:
-    """Class probabilities for any number of texts, in input order: length-sorted, bucketed calls."""
-    out: list = [None] * len(texts)
-    for chunk in length_buckets(sorted((len(t), i) for i, t in enumerate(texts))):
-        for (_, i), p in zip(chunk, classify_batch(art, [texts[i] for _, i in chunk])):
-            out[i] = p
-    return out
-
-
-def classify_batch(art, texts: list[str], max_len: int = 400) -> np.ndarray:
-    """Class probabilities for a list of texts (one padded ORT call)."""
-    seqs = [art.tokenizer.encode(t)[:max_len] or [art.tokenizer.unk_id] for t in texts]
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    tokens = np.full((len(seqs), int(lengths.max())), art.tokenizer.pad_id, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = s
-    logits = art.session.run(None, {"tokens": tokens, "lengths": lengths})[0]
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: int | None = None) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 
 from .engine import Metrics
@@ -79,6 +79,9 @@ class ServiceMetrics(Metrics):
         self.queued.set_function(lambda: sum(e.queued for e in engines))
         self.sessions.set_function(lambda: store.stats()["sessions"])
         self.session_bytes.set_function(lambda: store.stats()["bytes"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
     # engine hooks
     def step(self, batch: int, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""Request bodies (pydantic) and the one shape of every error answer."""
+"""Request bodies (pydantic), decoded from raw bytes so that malformed JSON is a 400 and a bad field a
+422 naming the field. Each generation request builds its own `SamplingParams`."""
 from __future__ import annotations
 
 import json
@@ -7,18 +8,8 @@ from typing import Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS
-
-
-class RequestError(Exception):
-    """A 4xx answer: {"error": {"type", "message", "field"}}."""
-
-    def __init__(self, status: int, message: str, field: str | None = None, kind: str = "invalid_request",
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field, self.kind, self.headers = status, message, field, kind, headers
-
-    def body(self) -> dict:
-        return {"error": {"type": self.kind, "message": self.message, "field": self.field}}
+from .errors import RequestError
+from .sampler import SamplingParams
 
 
 def _field_name(loc) -> str:
@@ -86,6 +77,9 @@ class SamplingFields(BaseModel):
             raise ValueError("must be a number")
         return v
 
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(self.temperature, 0, self.top_p, self.seed)
+
 
 def _check_stop(v):
     if v is None:
@@ -109,7 +103,8 @@ class GenerateRequest(SamplingFields):
     model: Optional[str] = Field(None, description="a served language model (default: the first)")
     max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 = off")
-    stop: Optional[Union[str, list[str]]] = Field(None, description=f"up to {MAX_STOP} strings")
+    stop: Optional[Union[str, list[str]]] = Field(None, description=f"up to {MAX_STOP} strings",
+                                                  validate_default=True)
     stream: bool = True
     session_id: Optional[str] = Field(None, max_length=128)
 
@@ -117,6 +112,9 @@ class GenerateRequest(SamplingFields):
     @classmethod
     def _stop(cls, v):
         return _check_stop(v)
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
 
 
 class SessionCreate(BaseModel):
@@ -132,7 +130,7 @@ class CompletionRequest(SamplingFields):
     prompt: Union[str, list[str]] = ""
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
     stream: bool = False
-    stop: Optional[Union[str, list[str]]] = None
+    stop: Optional[Union[str, list[str]]] = Field(None, validate_default=True)
     n: int = Field(1, ge=1, le=1)
     echo: bool = False
     user: Optional[str] = None
@@ -154,10 +152,6 @@ class CompletionRequest(SamplingFields):
         return v
 
 
-# The classifier names served, filled in at start-up so a bad `model` is refused before batching.
-SERVED_CLASSIFIERS: list[str] = []
-
-
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -173,13 +167,6 @@ class ClassifyRequest(BaseModel):
                 raise ValueError(f"texts[{i}] is empty")
             if len(t) > MAX_TEXT_CHARS:
                 raise ValueError(f"texts[{i}] is longer than {MAX_TEXT_CHARS} characters")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _served(cls, v):
-        if v is not None and SERVED_CLASSIFIERS and v not in SERVED_CLASSIFIERS:
-            raise ValueError(f"unknown model {v!r} (classifiers served: {', '.join(SERVED_CLASSIFIERS)})")
         return v
 
     @model_validator(mode="after")

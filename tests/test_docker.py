@@ -97,7 +97,7 @@ def test_runtime_has_no_torch_and_a_small_footprint(image):
     py = image["root"] / "venv" / "bin" / "python"
     p = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, env=image["env"])
     assert p.returncode != 0 and "No module named 'torch'" in p.stderr
-    p = subprocess.run([str(py), "-c", "import onnxruntime, litserve, pydantic, prometheus_client, service.api"],
+    p = subprocess.run([str(py), "-c", "import onnxruntime, litserve, pydantic, prometheus_client, service.app"],
                        capture_output=True, text=True, env=image["env"], cwd="/")
     assert p.returncode == 0, p.stderr
     size = sum(f.stat().st_size for f in (image["root"] / "venv").rglob("*") if f.is_file())

@@ -11,7 +11,7 @@ from export.models import Classifier, LanguageModel
 from export.onnx_export import ExportError, export, recurrent_ops
 from export.tokenizer import CharTokenizer
 from export.train import save_run, save_val_sample, write_json
-from service.artifact import ArtifactError, load_artifact, zero_state
+from service.artifact import ArtifactError, load_artifact
 from tests.conftest import make_text, rnnserve, run_without_torch
 
 TEXT = make_text(60, seed=3)
@@ -36,12 +36,6 @@ def make_run(tmp_path, kind, cell, layers=1, name=None):
     return run, model.eval(), tok
 
 
-def ort_lm(art, tokens, state):
-    names = art.manifest["inputs"]
-    out = art.session.run(None, {"tokens": tokens, **dict(zip(names[1:], state))})
-    return out[0], out[1:]
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 3])
 def test_lm_export_matches_torch_and_chunked_feeding(tmp_path, cell, layers):
@@ -59,7 +53,7 @@ def test_lm_export_matches_torch_and_chunked_feeding(tmp_path, cell, layers):
     rng = np.random.default_rng(0)
     for batch, time in [(1, 1), (3, 17), (8, 5)]:
         tokens = rng.integers(2, tok.vocab_size, size=(batch, time))
-        logits, state = ort_lm(art, tokens, zero_state(art, batch))
+        logits, state = art.run(tokens, art.zero_state(batch))
         with torch.no_grad():
             ref_logits, ref_state = model(torch.from_numpy(tokens))
         ref_state = ref_state if isinstance(ref_state, tuple) else (ref_state,)
@@ -68,10 +62,10 @@ def test_lm_export_matches_torch_and_chunked_feeding(tmp_path, cell, layers):
         for s, r in zip(state, ref_state):
             assert s.shape == (layers, batch, 24) and np.abs(s - r.numpy()).max() < 1e-4
         # the same sequence fed in chunks, passing hn/cn back as h0/c0
-        st, pieces = zero_state(art, batch), []
+        st, pieces = art.zero_state(batch), []
         for a, b in [(0, time // 2), (time // 2, time // 2 + 1), (time // 2 + 1, time)]:
             if a < b:
-                lg, st = ort_lm(art, tokens[:, a:b], st)
+                lg, st = art.run(tokens[:, a:b], st)
                 pieces.append(lg)
         assert np.abs(np.concatenate(pieces, 1) - logits).max() < 1e-5
         for s, full in zip(st, state):
@@ -164,10 +158,10 @@ def test_loader_runs_without_torch(tmp_path):
     export(run, tmp_path / "art")
     p = run_without_torch(textwrap.dedent(f"""
         import numpy as np
-        from service.artifact import load_artifact, zero_state
+        from service.artifact import load_artifact
         art = load_artifact({str(tmp_path / 'art')!r})
-        out = art.session.run(None, {{"tokens": np.array([[2, 3]]), "h0": zero_state(art, 1)[0]}})
-        print("ok", out[0].shape)
+        logits, state = art.run(np.array([[2, 3]]))
+        print("ok", logits.shape, state[0].shape)
     """))
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("ok")

@@ -318,12 +318,3 @@ def test_sigterm_ends_streams_with_a_final_event(artifacts):
     final = json.loads(events[-2][6:])
     assert final["finish_reason"] == "shutdown"
     s.stop()
-
-
-def test_length_buckets_keep_calls_of_similar_length():
-    from service.evaluate import length_buckets
-    lengths = sorted([20] * 300 + [25, 30, 40, 60, 61, 200, 1100])
-    buckets = length_buckets([(n, i) for i, n in enumerate(lengths)])
-    assert [it for b in buckets for it in b] == sorted((n, i) for i, n in enumerate(lengths))  # all, in order
-    assert all(len(b) <= 256 and b[-1][0] <= b[0][0] * 1.5 + 16 for b in buckets)
-    assert [b[0][0] for b in buckets][-2:] == [200, 1100]  # the long texts are not padded into short calls

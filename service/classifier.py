@@ -1,0 +1,47 @@
+"""A classifier artifact applied to texts: class probabilities, in length-bucketed padded calls.
+
+This is the one path from texts to probabilities: the /classify worker, `rnnserve eval` and the
+benchmark's model-alone figures all go through `classify_texts`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .artifact import Artifact
+
+MAX_CLASSIFY_TOKENS = 400  # characters of each text the classifier reads (what it was trained on)
+
+
+def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
+    """Cut (length, ...) items, sorted by length, into calls whose texts have similar lengths: a padded
+    call costs its longest text for every row, so one long text among short ones multiplies its cost."""
+    out, cur = [], []
+    for it in items:
+        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack):
+            out.append(cur)
+            cur = []
+        cur.append(it)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
+    """Class probabilities for any number of texts, in input order: length-sorted, bucketed calls."""
+    out: list = [None] * len(texts)
+    for chunk in length_buckets(sorted((len(t), i) for i, t in enumerate(texts))):
+        for (_, i), p in zip(chunk, classify_batch(art, [texts[i] for _, i in chunk])):
+            out[i] = p
+    return out
+
+
+def classify_batch(art: Artifact, texts: list[str], max_len: int = MAX_CLASSIFY_TOKENS) -> np.ndarray:
+    """Class probabilities for a list of texts (one padded ORT call)."""
+    seqs = [art.tokenizer.encode(t)[:max_len] or [art.tokenizer.unk_id] for t in texts]
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    tokens = np.full((len(seqs), int(lengths.max())), art.tokenizer.pad_id, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = s
+    logits, _ = art.run(tokens, lengths=lengths)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

@@ -1,0 +1,116 @@
+"""The edge of every HTTP request, before any route: API key, content type, body-size limit, request
+metrics and one JSON log line. Pure ASGI, so streamed responses pass straight through."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .config import Config
+from .errors import RequestError
+from .metrics import ServiceMetrics
+
+log = logging.getLogger("rnnserve")
+
+ENDPOINTS = ("/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics", "/health")
+JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/sessions")
+OPEN = ("/health",)  # probes need no API key
+QUIET = ("/health", "/metrics")  # not logged: scraped every few seconds
+
+
+def endpoint_label(path: str) -> str:
+    """The metrics label of a path: the endpoint's route, never the raw path (ids would explode the series)."""
+    if path in ENDPOINTS:
+        return path
+    return "/sessions/{id}" if path.startswith("/sessions/") else "other"
+
+
+class EdgeMiddleware:
+    def __init__(self, app, config: Config, metrics: ServiceMetrics):
+        self.app, self.config, self.metrics = app, config, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            self._check_key(path, headers)
+            if method == "POST" and path in JSON_POSTS:
+                body = await self._read_json_body(headers, receive)
+                if body is None:
+                    return  # the client left while sending
+                receive = _replay(body, receive)
+            return await self.app(scope, receive, send_wrapper)
+        except RequestError as e:
+            return await _reject(send_wrapper, e)
+        finally:
+            seconds = time.perf_counter() - t0
+            self.metrics.requests.labels(endpoint_label(path), str(status["code"])).inc()
+            self.metrics.request_seconds.labels(endpoint_label(path)).observe(seconds)
+            if path not in QUIET:
+                log.info(json.dumps({"method": method, "path": path, "status": status["code"],
+                                     "ms": round(seconds * 1000, 1)}))
+
+    def _check_key(self, path: str, headers: dict) -> None:
+        key = self.config.api_key
+        if not key or path in OPEN:
+            return
+        auth = headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
+        if given != key:
+            raise RequestError(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)",
+                               None, "unauthorized")
+
+    async def _read_json_body(self, headers: dict, receive) -> bytes | None:
+        """The whole body of a JSON POST, refused early when it is not JSON or too large."""
+        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise RequestError(415, f"content type must be application/json, not {ctype!r}", "content-type",
+                               "unsupported_media_type")
+        limit = self.config.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise RequestError(413, f"body of {int(length)} bytes is larger than the limit of {limit} bytes",
+                               "body", "body_too_large")
+        chunks, size, more = [], 0, True  # a chunked body has no length: count while reading
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body is larger than the limit of {limit} bytes", "body", "body_too_large")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the app the body already read, then the connection's own messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
+async def _reject(send, e: RequestError) -> None:
+    body = json.dumps(e.body()).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
+    await send({"type": "http.response.start", "status": e.status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,59 @@
+"""What goes into an engine and what comes out: a generation request, and its events.
+
+A request carries what was asked (prompt, limits, sampling, stop strings), the state to start from (a
+session's) and whether to report the state reached. The engine answers with `Text` pieces and exactly
+one final event, `Done` or `Failed`.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Union
+
+from .sampler import SamplingParams
+from .sessions import SessionState
+
+
+@dataclass(slots=True)
+class Text:
+    """New text of one request (never part of a stop string)."""
+    text: str
+
+
+@dataclass(slots=True)
+class Done:
+    """A request's end: `finish_reason` is length, stop, cancelled or the shutdown reason."""
+    finish_reason: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    state: SessionState | None = None  # the state reached, when the request asked to keep it
+
+
+@dataclass(slots=True)
+class Failed:
+    """The model failed on a step that carried this request; nothing was kept."""
+    message: str
+
+
+Event = Union[Text, Done, Failed]
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """What was asked for. The engine only reads it; `cancel()`, from any thread, is the one write."""
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stop: list[str] = field(default_factory=list)
+    start: SessionState | None = None  # continue from this state (a session's); None: a fresh text
+    keep_state: bool = False           # report the state reached in the final event
+    reply: object = None               # opaque to the engine: where the HTTP layer routes this request's events
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    arrival: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request before its next step (any thread)."""
+        self.cancelled = True

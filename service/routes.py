@@ -1,0 +1,122 @@
+"""The HTTP routes: decode the request (pydantic), hand it to the runtime or the classify batcher, encode
+the answer. Nothing here generates, batches or stores."""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+
+from . import schemas, streaming
+from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS
+from .errors import RequestError
+from .litserve_adapter import ClassifyBatcher
+from .runtime import Runtime
+from .schemas import ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
+
+
+def error_response(e: RequestError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class Routes:
+    def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, ready: Callable[[], bool]):
+        self.rt, self.batcher, self.ready = runtime, batcher, ready
+
+    async def generate(self, request: Request):
+        g: GenerateRequest = schemas.parse(GenerateRequest, await request.body())
+        req = await self.rt.submit(model=g.model, prompt=g.prompt, max_tokens=g.max_tokens,
+                                   sampling=g.sampling_params(), stop=g.stop, session_id=g.session_id,
+                                   stream=g.stream)
+        encoder = streaming.GenerateEncoder(g.session_id)
+        if not g.stream:
+            return await streaming.whole(req, encoder, request)
+        return streaming.sse(req, encoder, self.rt.pace)
+
+    async def completions(self, request: Request):
+        c: CompletionRequest = schemas.parse(CompletionRequest, await request.body())
+        model = self.rt.lm_name(c.model)
+        req = await self.rt.submit(model=model, prompt=c.prompt, max_tokens=c.max_tokens,
+                                   sampling=c.sampling_params(), stop=c.stop, stream=c.stream)
+        encoder = streaming.CompletionEncoder(model, c.prompt if c.echo else "")
+        if not c.stream:
+            return await streaming.whole(req, encoder, request)
+        return streaming.sse(req, encoder, self.rt.pace)
+
+    async def classify(self, request: Request):
+        c: ClassifyRequest = schemas.parse(ClassifyRequest, await request.body())
+        served = list(self.rt.classifiers)
+        if not served:
+            raise RequestError(404, "this server has no classifier loaded", "model", "not_found")
+        if c.model is not None and c.model not in served:
+            raise RequestError(422, f"model: unknown model {c.model!r} (classifiers served: {', '.join(served)})",
+                               "model", "invalid_value")
+        single = c.texts is None
+        body = await self.batcher.classify(c.model or served[0], [c.text] if single else c.texts, single)
+        return Response(body, media_type="application/json")
+
+    async def models(self, request: Request):
+        created = int(self.rt.started)
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "rnnserve"}
+                                           for n in list(self.rt.lms) + list(self.rt.classifiers)]}
+
+    async def create_session(self, request: Request):
+        s: SessionCreate = schemas.parse(SessionCreate, await request.body() or b"{}")
+        sid, model = await self.rt.create_session(s.model)
+        return JSONResponse({"session_id": sid, "model": model, "expires_in": self.rt.store.ttl}, status_code=201)
+
+    async def delete_session(self, session_id: str):
+        await self.rt.delete_session(session_id)
+        return Response(status_code=204)
+
+    async def health(self, request: Request):
+        if self.rt.healthy() and self.ready():
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready", status_code=503)
+
+    async def info(self, request: Request):
+        rt, c, store = self.rt, self.rt.config, self.rt.store
+        return {
+            "models": {n: a.info() for n, a in {**rt.lms, **rt.classifiers}.items()},
+            "limits": {"max_prompt_chars": MAX_PROMPT_CHARS, "max_tokens": MAX_TOKENS, "max_stop": MAX_STOP,
+                       "max_texts": MAX_TEXTS, "max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": c.max_body_bytes,
+                       "max_batch": c.max_batch, "max_queue": c.max_queue,
+                       "classify_max_batch": c.classify_max_batch, "classify_wait_ms": c.classify_wait_ms},
+            "sessions": {**store.stats(), "ttl_seconds": store.ttl, "max_sessions": store.max_sessions,
+                         "max_bytes": store.max_bytes,
+                         "bytes_per_session": {n: a.state_bytes for n, a in rt.lms.items()}},
+            "engine": {n: {"active": sum(len(e.active) for e in group), "queued": sum(e.queued for e in group),
+                           "threads": len(group)} for n, group in rt.by_model.items()},
+        }
+
+    async def metrics(self, request: Request):
+        return Response(self.rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def register(self, app: FastAPI) -> None:
+        app.add_exception_handler(RequestValidationError,
+                                  lambda request, exc: error_response(schemas.validation_error(exc.errors())))
+        app.add_exception_handler(RequestError, lambda request, exc: error_response(exc))
+        add = app.add_api_route
+        add("/generate", self.generate, methods=["POST"], openapi_extra=_body_doc(GenerateRequest),
+            summary="Generate text (SSE stream, or one JSON object with stream=false)")
+        add("/v1/completions", self.completions, methods=["POST"], openapi_extra=_body_doc(CompletionRequest),
+            summary="OpenAI-compatible completions")
+        add("/v1/models", self.models, methods=["GET"])
+        add("/classify", self.classify, methods=["POST"], openapi_extra=_body_doc(ClassifyRequest),
+            summary="Classify one text or a list (concurrent requests are batched)")
+        add("/sessions", self.create_session, methods=["POST"], status_code=201, openapi_extra=_body_doc(SessionCreate),
+            summary="Create a session that keeps the RNN state")
+        add("/sessions/{session_id}", self.delete_session, methods=["DELETE"], status_code=204)
+        add("/health", self.health, methods=["GET"])
+        add("/info", self.info, methods=["GET"])
+        add("/metrics", self.metrics, methods=["GET"])
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    """Bodies are parsed by hand (for 400 vs 422); document them in OpenAPI all the same."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

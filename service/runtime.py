@@ -1,0 +1,214 @@
+"""The runtime of one worker: the loaded models, their engines, the session store and the metrics.
+
+`submit` is the one way in for generation: it claims the session (if any), builds the engine request
+and hands it to the engine with the most free places. Engines hand each step's events to the event
+loop in one call (`_deliver`); `_dispatch` puts them into each request's `Channel`, which the HTTP
+layer (streaming.py) reads. A request's final event first settles its session — commit the state it
+reached, or release the claim unchanged — so a client that has the final event can continue at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from .artifact import Artifact
+from .config import Config, engine_threads
+from .engine import Engine, Overloaded
+from .requests import Done, Event, GenerationRequest, Text
+from .errors import RequestError, busy
+from .metrics import ServiceMetrics
+from .sampler import SamplingParams
+from .sessions import Claim, SessionBusy, SessionError, SessionStore
+
+log = logging.getLogger("rnnserve")
+
+SESSION_ERROR_TYPES = {404: "session_not_found", 409: "session_busy", 503: "session_store_unavailable"}
+
+
+class Channel:
+    """One request's events on the event loop: the step's hand-off appends, the writer takes them all.
+    (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)"""
+    __slots__ = ("items", "waiter", "final_only")
+
+    def __init__(self, final_only: bool = False):
+        self.items: list[Event] = []
+        self.waiter: asyncio.Future | None = None
+        self.final_only = final_only  # a whole (non-streamed) answer needs only the final event
+
+    def put(self, ev: Event) -> None:
+        if self.final_only and type(ev) is Text:
+            return
+        self.items.append(ev)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def take(self) -> list[Event]:
+        """Wait for at least one event, then take everything that has piled up."""
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items = self.items, []
+        return items
+
+
+def session_error(e: SessionError) -> RequestError:
+    headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after is not None else None
+    return RequestError(e.status, e.message, "session_id", SESSION_ERROR_TYPES.get(e.status, "invalid_request"),
+                        headers)
+
+
+class Runtime:
+    def __init__(self, config: Config, lms: dict[str, Artifact], classifiers: dict[str, Artifact],
+                 store: SessionStore, metrics: ServiceMetrics):
+        self.config = config
+        self.lms, self.classifiers = lms, classifiers
+        self.store = store
+        self.metrics = metrics
+        # Each language model gets `n` engine threads sharing its ORT session (run() is thread-safe);
+        # a request goes to the one with the most free places, so the running streams are split evenly.
+        # The limits are split exactly, so the model as a whole keeps max_batch running and max_queue waiting.
+        n = max(1, min(engine_threads(config), config.max_batch))
+        share = lambda total, i: total // n + (i < total % n)  # noqa: E731
+        self.by_model = {name: [Engine(art, self._deliver, share(config.max_batch, i), share(config.max_queue, i),
+                                       config.prefill_chunk, metrics, name=f"{name}-{i}") for i in range(n)]
+                         for name, art in lms.items()}
+        self.engines = [e for group in self.by_model.values() for e in group]
+        self.claims: dict[GenerationRequest, Claim] = {}  # requests working on a session
+        self._settling: set[asyncio.Task] = set()
+        self.started = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self) -> None:
+        for e in self.engines:
+            e.start()
+
+    def shutdown(self, reason: str = "shutdown") -> None:
+        """From any thread but the event loop's: end every stream with a final event, settle sessions."""
+        for e in self.engines:
+            e.shutdown(reason)
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:  # the drained requests' final events are on their way to the loop: let their sessions settle
+                asyncio.run_coroutine_threadsafe(self._settled(), loop).result(10)
+            except Exception as e:  # noqa: BLE001 — a stopped loop has nothing left to settle
+                log.debug("settling sessions at shutdown: %r", e)
+
+    async def _settled(self) -> None:
+        await asyncio.sleep(0)  # the engines' last hand-offs are scheduled before this coroutine
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        return all(e.alive() and now - e.heartbeat < 10 for e in self.engines)
+
+    def pace(self) -> float:
+        """Seconds an SSE writer rests between writes: 0.25 ms per active stream, at most 25 ms."""
+        return min(0.025, 0.00025 * sum(len(e.active) for e in self.engines))
+
+    # ---------------------------------------------------------------- models
+    def lm_name(self, name: str | None) -> str:
+        if not self.lms:
+            raise RequestError(404, "no language model is served", "model", "model_not_found")
+        if name is None:
+            return next(iter(self.lms))
+        if name not in self.lms:
+            raise RequestError(404, f"unknown model {name!r} (language models served: {', '.join(self.lms)})",
+                               "model", "model_not_found")
+        return name
+
+    # ---------------------------------------------------------------- sessions
+    async def _store(self, fn, *args):
+        """Call the session store: directly when it is in memory, off the event loop when it does I/O."""
+        if self.store.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def create_session(self, model: str | None) -> tuple[str, str]:
+        model = self.lm_name(model)
+        try:
+            sid = await self._store(self.store.create, model, self.lms[model].state_bytes)
+        except SessionBusy as e:
+            raise busy(e.message) from None
+        except SessionError as e:
+            raise session_error(e) from None
+        return sid, model
+
+    async def delete_session(self, sid: str) -> None:
+        try:
+            await self._store(self.store.delete, sid)
+        except SessionError as e:
+            raise session_error(e) from None
+
+    # ---------------------------------------------------------------- generation
+    async def submit(self, *, model: str | None, prompt: str, max_tokens: int, sampling: SamplingParams,
+                     stop: list[str], session_id: str | None = None, stream: bool = True) -> GenerationRequest:
+        """Start a generation; its events arrive in the returned request's `reply` Channel."""
+        self.loop = self.loop or asyncio.get_running_loop()
+        model = self.lm_name(model)
+        claim = None
+        if session_id is not None:
+            try:
+                claim = await self._store(self.store.claim, session_id, model)
+            except SessionError as e:
+                raise session_error(e) from None
+        req = GenerationRequest(self.lms[model].tokenizer.encode(prompt), max_tokens, sampling, stop,
+                                start=claim.state if claim else None, keep_state=claim is not None,
+                                reply=Channel(final_only=not stream))
+        if claim is not None:
+            self.claims[req] = claim
+        try:
+            max(self.by_model[model], key=lambda e: e.free()).submit(req)
+        except Overloaded as e:
+            if claim is not None:
+                del self.claims[req]
+                await self._store(self.store.release, claim)
+            raise busy(f"server busy: {e}; retry shortly") from None
+        return req
+
+    # engine thread -> event loop, once per step
+    def _deliver(self, events: list[tuple[GenerationRequest, Event]]) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch, events)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    def _dispatch(self, events: list[tuple[GenerationRequest, Event]]) -> None:
+        for req, ev in events:
+            claim = self.claims.pop(req, None) if type(ev) is not Text else None
+            if claim is None:
+                req.reply.put(ev)
+            elif self.store.blocking:
+                task = asyncio.ensure_future(self._settle_off_loop(claim, req, ev))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+            else:
+                self._settle(claim, ev)
+                req.reply.put(ev)
+
+    async def _settle_off_loop(self, claim: Claim, req: GenerationRequest, ev: Event) -> None:
+        await asyncio.to_thread(self._settle, claim, ev)
+        req.reply.put(ev)
+
+    def _settle(self, claim: Claim, ev: Event) -> None:
+        """A session's turn has ended: commit the state it reached, or release the session unchanged."""
+        try:
+            if isinstance(ev, Done) and ev.state is not None:
+                if not self.store.commit(claim, ev.state):
+                    log.info(json.dumps({"event": "session_not_committed", "session_id": claim.session_id,
+                                         "why": "deleted, expired or claimed again after this claim lapsed"}))
+            else:
+                self.store.release(claim)
+        except SessionError as e:
+            log.error(json.dumps({"event": "session_settle_failed", "session_id": claim.session_id,
+                                  "error": e.message}))

@@ -1,0 +1,35 @@
+"""Texts -> class probabilities: length-bucketed padded calls, each text's answer its own."""
+import numpy as np
+import pytest
+
+from service.artifact import load_artifact
+from service.classifier import MAX_CLASSIFY_TOKENS, classify_batch, classify_texts, length_buckets
+
+
+def test_length_buckets_keep_calls_of_similar_length():
+    lengths = sorted([20] * 300 + [25, 30, 40, 60, 61, 200, 1100])
+    buckets = length_buckets([(n, i) for i, n in enumerate(lengths)])
+    assert [it for b in buckets for it in b] == sorted((n, i) for i, n in enumerate(lengths))  # all, in order
+    assert all(len(b) <= 256 and b[-1][0] <= b[0][0] * 1.5 + 16 for b in buckets)
+    assert [b[0][0] for b in buckets][-2:] == [200, 1100]  # the long texts are not padded into short calls
+
+
+@pytest.fixture(scope="module")
+def clf(artifacts):
+    return load_artifact(artifacts / "tinyclf", threads=1)
+
+
+def test_bucketed_texts_equal_each_text_alone(clf):
+    texts = ["aeiou", "bcdfg krst " * 30, "a", "kkk rrr", "ae" * 100, "x"]
+    probs = classify_texts(clf, texts)
+    assert len(probs) == len(texts)
+    for t, p in zip(texts, probs):
+        alone = classify_batch(clf, [t])[0]
+        assert np.allclose(p, alone, atol=1e-5) and abs(p.sum() - 1) < 1e-5
+
+
+def test_text_is_read_up_to_the_limit(clf):
+    base = "bcdfg " * 100
+    a = classify_batch(clf, [base[:MAX_CLASSIFY_TOKENS]])[0]
+    b = classify_batch(clf, [base[:MAX_CLASSIFY_TOKENS] + "aeiou" * 50])[0]
+    assert np.allclose(a, b)  # what lies past the limit is not read

@@ -1,0 +1,44 @@
+"""Configuration: every option from a flag or an environment variable; models found by folder or NAME=DIR."""
+import pytest
+
+from service.artifact import ArtifactError
+from service.cli import config_from_args
+from service.config import OPTIONS, Config, engine_threads, from_env, resolve_models
+
+
+def test_every_option_reads_its_environment_variable():
+    env = {"RNNSERVE_PORT": "9001", "RNNSERVE_INT8": "true", "RNNSERVE_SESSION_TTL": "2.5",
+           "RNNSERVE_API_KEY": "k", "RNNSERVE_MAX_BATCH": ""}
+    c = from_env(env)
+    assert (c.port, c.int8, c.session_ttl, c.api_key, c.max_batch) == (9001, True, 2.5, "k", Config().max_batch)
+    assert all(var.startswith("RNNSERVE_") for var, _ in OPTIONS.values())
+    assert len({var for var, _ in OPTIONS.values()}) == len(OPTIONS)
+
+
+def test_flags_override_the_environment(monkeypatch):
+    import argparse
+    from service.cli import add_serve_parser
+    ap = argparse.ArgumentParser()
+    add_serve_parser(ap.add_subparsers())
+    monkeypatch.setenv("RNNSERVE_PORT", "9001")
+    monkeypatch.setenv("RNNSERVE_MAX_QUEUE", "7")
+    c = config_from_args(ap.parse_args(["serve", "--port", "9002", "--model", "a=/x"]))
+    assert c.port == 9002 and c.max_queue == 7 and c.model_list == ["a=/x"]
+
+
+def test_models_by_folder_and_by_name(artifacts):
+    found = resolve_models(Config(models=str(artifacts)))
+    assert set(found) == {"tinylm", "tinyclf", "wide"}
+    assert resolve_models(Config(models=str(artifacts / "tinylm"))) == {"tinylm": artifacts / "tinylm"}
+    assert resolve_models(Config(model_list=[f"x={artifacts / 'tinylm'}"])) == {"x": artifacts / "tinylm"}
+    with pytest.raises(ArtifactError, match="expected NAME=ARTIFACT_DIR"):
+        resolve_models(Config(model_list=["nonsense"]))
+    with pytest.raises(ArtifactError, match="models folder not found"):
+        resolve_models(Config(models="/no/such/folder"))
+
+
+def test_engine_threads_default_follows_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert engine_threads(Config()) == 4 and engine_threads(Config(engine_threads=2)) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert engine_threads(Config()) == 1

@@ -101,16 +101,18 @@ class Schedule:
     The run's length is whichever limit comes first (steps, epochs or the
     time budget), so progress is measured against all of them."""
 
-    def __init__(self, opt, lr: float, total_steps: int | None, budget: float | None, warmup: int = 50):
+    def __init__(self, opt, lr: float, total_steps: int | None, budget: float | None, warmup: int = 50,
+                 clock=time.monotonic):
         self.opt, self.lr, self.total, self.budget, self.warmup = opt, lr, total_steps, budget, warmup
-        self.t0 = time.monotonic()
+        self.clock = clock
+        self.t0 = clock()
 
     def progress(self, step: int) -> float:
         p = 0.0
         if self.total:
             p = max(p, step / self.total)
         if self.budget:
-            p = max(p, (time.monotonic() - self.t0) / self.budget)
+            p = max(p, (self.clock() - self.t0) / self.budget)
         return min(p, 1.0)
 
     def done(self, step: int) -> bool:
@@ -198,6 +200,11 @@ def auto_dropout(passes: float) -> float:
     return AUTO_DROPOUT if passes > AUTO_PASSES else 0.0
 
 
+def estimate_passes(budget_s: float, tokens_seen: int, elapsed_s: float, text_tokens: int) -> float:
+    """Passes over the text a run with this time budget will make, from the speed measured so far."""
+    return budget_s * tokens_seen / max(elapsed_s, 1e-9) / text_tokens
+
+
 def train_lm(a: LMArgs) -> dict:
     set_seed(a.seed, a.threads)
     out = Path(a.out)
@@ -260,7 +267,7 @@ def train_lm(a: LMArgs) -> dict:
         step += 1
         seen += y.numel()
         if auto and a.time_budget and step == PROBE_STEPS:
-            passes = a.time_budget * seen / (time.monotonic() - t0) / rows.numel()
+            passes = estimate_passes(a.time_budget, seen, time.monotonic() - t0, rows.numel())
             model.set_dropout(auto_dropout(passes))
             train_cfg.update(dropout=model.config["dropout"], expected_passes=round(passes, 1))
             if not a.quiet:
@@ -278,7 +285,8 @@ def train_lm(a: LMArgs) -> dict:
     seconds = time.monotonic() - t0
     metrics = {"kind": "lm", "val_bpc": best["val_bpc"], "val_loss": best["val_loss"], "val_ppl": best["val_ppl"],
                "best_step": best["step"], "train_tokens": seen, "steps": step, "seconds": round(seconds, 2),
-               "tokens_per_s": round(seen / seconds, 1), "dropout": model.config["dropout"], "history": history}
+               "tokens_per_s": round(seen / seconds, 1), "dropout": model.config["dropout"],
+               "expected_passes": train_cfg.get("expected_passes"), "history": history}
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -34,18 +34,17 @@ def active(url):
 def test_overload_gets_503_fast_and_admitted_requests_complete(artifacts):
     s = Server(artifacts, RNNSERVE_MAX_BATCH=4, RNNSERVE_MAX_QUEUE=4)
     try:
-        async def one(client, i):
-            t0 = time.perf_counter()
+        async def one(client, i):  # (status, when it was answered in full, Retry-After, final event)
             async with client.stream("POST", s.url + "/generate",
                                      json={"max_tokens": 300, "model": "wide", "seed": i}) as r:
                 if r.status_code != 200:
                     await r.aread()
-                    return r.status_code, time.perf_counter() - t0, r.headers.get("retry-after"), None
+                    return r.status_code, time.perf_counter(), r.headers.get("retry-after"), None
                 final = None
                 async for line in r.aiter_lines():
                     if line.startswith("data: {") and "finish_reason" in line:
                         final = json.loads(line[6:])
-                return 200, time.perf_counter() - t0, None, final
+                return 200, time.perf_counter(), None, final
 
         async def health_probe(client, stop):
             codes = []
@@ -68,9 +67,9 @@ def test_overload_gets_503_fast_and_admitted_requests_complete(artifacts):
         rejected = [r for r in results if r[0] == 503]
         assert len(ok) + len(rejected) == 80 and len(ok) >= 8 and len(rejected) >= 40
         assert all(r[2] == "1" for r in rejected)
-        # refused at once, not queued: the 100 ms figure is measured in docs/reliability.md; here only a
-        # bound no queued request could meet (an admitted one takes seconds), so a busy CI machine cannot flake it
-        assert max(r[1] for r in rejected) < 1.0
+        # refused at once, not queued: every 503 was answered before the first admitted stream ended (a
+        # queued request could only be answered after one). How fast is measured in docs/reliability.md.
+        assert max(r[1] for r in rejected) < min(r[1] for r in ok)
         assert all(r[3]["finish_reason"] == "length" and r[3]["usage"]["completion_tokens"] == 300 for r in ok)
         assert health and all(c == 200 for c in health)
     finally:

@@ -18,15 +18,19 @@ RUN pip install --no-deps . && pip uninstall -y pip setuptools
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="rnnserve" \
       org.opencontainers.image.description="Streamed, batched serving of LSTM/GRU text models with ONNX Runtime"
-RUN useradd --create-home --uid 10001 rnnserve
+RUN useradd --create-home --uid 10001 rnnserve && \
+    mkdir -p /var/lib/rnnserve && chown rnnserve:rnnserve /var/lib/rnnserve && chmod 700 /var/lib/rnnserve
 COPY --from=build /opt/venv /opt/venv
 COPY --chown=rnnserve:rnnserve models /app/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RNNSERVE_MODELS=/app/models \
+    RNNSERVE_STATE_DIR=/var/lib/rnnserve \
     RNNSERVE_HOST=0.0.0.0 \
     RNNSERVE_PORT=8000
 WORKDIR /app
+# the session store (SQLite): mount a volume here to keep conversations across containers
+VOLUME ["/var/lib/rnnserve"]
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,9 +57,17 @@ class Proc:
         wait_healthy(self.url, self.proc)
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        kids = [int(p) for p in out.stdout.split()]
-        return [self.proc.pid] + kids
+        """The server and all its descendants (supervisor, workers, their helper processes)."""
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+        kids: dict[int, list[int]] = {}
+        for pid, ppid in zip(out[::2], out[1::2]):
+            kids.setdefault(int(ppid), []).append(int(pid))
+        tree, todo = [], [self.proc.pid]
+        while todo:
+            p = todo.pop()
+            tree.append(p)
+            todo += kids.get(p, [])
+        return tree
 
     def cpu_seconds(self) -> float:
         tick = os.sysconf("SC_CLK_TCK")
@@ -224,22 +233,23 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
                                      if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print("1/5 raw ONNX Runtime decode loop", flush=True)
+    print("1/7 raw ONNX Runtime decode loop", flush=True)
     res["raw"] = raw_ort(artifact, [1, 8, 32, 64, 128], 0.5 if quick else 2.0)
     best_threads = res["raw"]["best"][64]["threads"]
     res["classify_model"] = classify_model_speed(REPO / "models" / "langid", 0.5 if quick else 2.0, best_threads)
 
-    print("2/5 rnnserve, streaming clients", flush=True)
-    env = {"RNNSERVE_LOG_LEVEL": "warning"}  # the service's own thread defaults, as users get them
+    print("2/7 rnnserve, streaming clients", flush=True)
+    state = tempfile.mkdtemp(prefix="rnnserve-bench-")  # the bench's sessions never land in the repository
+    env = {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state}  # the service's defaults otherwise
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"], env)
     try:
         rounds = "1" if quick else "3"
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model, "--rounds", rounds) for n in levels]
-        print("3/5 classification, batching on", flush=True)
+        print("3/7 classification, batching on", flush=True)
         secs = "5" if quick else "15"
         res["classify_on"] = classify_runs(srv, secs)
-        print("4/5 sessions", flush=True)
+        print("4/7 sessions", flush=True)
         rss0 = srv.rss_mb()
         res["sessions"] = {"continue": client("converse", "--url", srv.url, "--repeats", "3" if quick else "7",
                                               "--history-chars", *(["256", "4096"] if quick else
@@ -250,12 +260,20 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
                {**env, "RNNSERVE_CLASSIFY_MAX_BATCH": "1"})
     try:
-        print("3/5 classification, batching off", flush=True)
+        print("3/7 classification, batching off", flush=True)
         res["classify_off"] = classify_runs(srv, secs)
     finally:
         srv.stop()
 
-    print("5/5 naive peer (PyTorch + FastAPI)", flush=True)
+    from loadtest import scaling
+    print("6/7 worker processes", flush=True)
+    res["workers"] = scaling.workers_section([1, 2], [64] if quick else [64, 128], int(tokens), 1 if quick else 2,
+                                             model, 0.5 if quick else 2.0)
+    print("7/7 session stores", flush=True)
+    res["turns"] = scaling.turn_costs({"memory": {"RNNSERVE_SESSIONS": "memory"}, "sqlite (default)": {}},
+                                      3 if quick else 10)
+
+    print("5/7 naive peer (PyTorch + FastAPI)", flush=True)
     naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
     try:
         res["naive"] = [measured(naive, "stream", "--url", naive.url, "--concurrency", str(n), "--tokens", tokens)
@@ -376,6 +394,12 @@ def report(r: dict) -> str:
     for row in ses["continue"]:
         lines.append(f"| {row['history_chars']:,} | {row['session_ms']:.1f} | {row['resend_ms']:.1f} | "
                      f"{row['resend_ms'] / row['session_ms']:.1f}× |")
+    from loadtest import scaling
+    lines.append("")
+    if "workers" in r:
+        lines += scaling.report_workers(r["workers"])
+    if "turns" in r:
+        lines += scaling.report_turns(r["turns"])
     return "\n".join(lines) + "\n"
 
 

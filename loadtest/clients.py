@@ -170,9 +170,39 @@ async def converse(url: str, history_chars: list[int], repeats: int) -> list[dic
     return out
 
 
+async def turns(url: str, concurrency: int, seconds: float, tokens: int) -> dict:
+    """Session turns back to back: each user keeps one conversation going with short turns. The latency of
+    a turn includes claiming the session, reading its state, generating and committing the new state."""
+    lat, fails = [], 0
+    async with session(concurrency, 60) as client:
+        async def user(i):
+            nonlocal fails
+            async with client.post(url + "/sessions", json={}) as r:
+                sid = (await r.json())["session_id"]
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                async with client.post(url + "/generate", json={"prompt": " and", "max_tokens": tokens, "stream": False,
+                                                                "session_id": sid, "temperature": 0}) as r:
+                    await r.read()
+                    ok = r.status == 200
+                if ok:
+                    lat.append(time.perf_counter() - t)
+                else:
+                    fails += 1
+            async with client.delete(f"{url}/sessions/{sid}") as r:
+                await r.read()
+
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, "turns": len(lat), "failures": fails, "turns_per_s": len(lat) / wall,
+            "p50": pct(lat, 50), "p99": pct(lat, 99)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["stream", "classify", "converse"])
+    ap.add_argument("mode", choices=["stream", "classify", "converse", "turns"])
     ap.add_argument("--url", required=True)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=256)
@@ -187,6 +217,8 @@ def main(argv=None) -> None:
         res = asyncio.run(streams(a.url, a.concurrency, a.tokens, a.model, a.rounds))
     elif a.mode == "classify":
         res = asyncio.run(classify(a.url, a.concurrency, a.seconds, read_texts(a.texts)))
+    elif a.mode == "turns":
+        res = asyncio.run(turns(a.url, a.concurrency, a.seconds, a.tokens))
     else:
         res = asyncio.run(converse(a.url, a.history_chars, a.repeats))
     print(json.dumps(res))

@@ -1,9 +1,10 @@
-"""Build the service from a Config and serve it: models, runtime, LitServer, routes, signals.
+"""One worker process: build the service from a Config and serve it on the shared port.
 
 Start-up order: load every artifact (a bad one stops the start with a message naming it), open the
-session store, build the runtime (engines) and the LitServer (its worker classifies), register the
-routes, start the engines, serve. SIGTERM/SIGINT drain: every stream in flight ends with its final
-event (finish_reason "shutdown"), sessions settle, then the process exits 0.
+session store, build the runtime (engines) and the LitServer (its worker process classifies), register
+the routes, start the engines and the heartbeat, serve. SIGTERM/SIGINT drain: /health turns 503 at once,
+every stream in flight ends with its final event (finish_reason "shutdown"), sessions settle, the
+process exits 0. The supervisor (supervisor.py) starts the workers; `python -m service.worker` is one.
 """
 from __future__ import annotations
 
@@ -15,50 +16,58 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 from .artifact import Artifact, load_artifact, read_manifest
-from .config import Config, engine_threads, resolve_models
-from .litserve_adapter import ClassifyBatcher, check_litserve, make_server, run_server, stop_server, worker_ready
+from .board import Board
+from .config import Config, classifier_threads, lm_threads, resolve_models, session_url
+from .litserve_adapter import (ClassifyBatcher, check_litserve, make_server, on_serving, run_server, stop_server,
+                               worker_ready)
 from .metrics import ServiceMetrics
 from .middleware import EdgeMiddleware
 from .routes import Routes
 from .runtime import Runtime
-from .sessions import dumpfile
-from .sessions.memory import MemoryStore
+from .sessions import open_store
 
 log = logging.getLogger("rnnserve")
 
 
+@dataclass
+class Worker:
+    id: int = 0
+    workers: int = 1
+    run_dir: str = ""
+
+
 def load_models(config: Config) -> tuple[dict[str, Artifact], dict[str, Artifact]]:
     """(language models, classifiers) by name, each with its ONNX Runtime session."""
-    threads = config.threads or None
-    # several engine threads per model each run the session on their own core: one intra-op thread each
-    lm_threads = config.threads or (1 if engine_threads(config) > 1 else None)
     lms, classifiers = {}, {}
     for name, path in resolve_models(config).items():
         m = read_manifest(path)
+        lm = m.get("kind") == "lm"
         art = load_artifact(path, name, int8=config.int8 and bool(m.get("int8")),
-                            threads=lm_threads if m.get("kind") == "lm" else threads)
-        (lms if art.kind == "lm" else classifiers)[name] = art
+                            threads=lm_threads(config) if lm else classifier_threads(config))
+        (lms if lm else classifiers)[name] = art
     return lms, classifiers
 
 
-def build(config: Config):
+def build(config: Config, worker: Worker):
     check_litserve()
     lms, classifiers = load_models(config)
+    c = config
+    store = open_store(session_url(c), ttl=c.session_ttl, max_sessions=c.max_sessions,
+                       max_bytes=int(c.session_memory_mb * (1 << 20)), claim_seconds=c.session_claim_seconds)
     metrics = ServiceMetrics()
-    store = MemoryStore(ttl=config.session_ttl, max_sessions=config.max_sessions,
-                        max_bytes=int(config.session_memory_mb * (1 << 20)))
     runtime = Runtime(config, lms, classifiers, store, metrics)
     metrics.bind(runtime.engines, store)
     _inject_faults(runtime)
-    batcher = ClassifyBatcher(config.classify_max_batch, config.classify_wait_ms / 1000,
-                              on_batch=metrics.classify_batch.observe)
-    server = make_server({n: str(a.path) for n, a in classifiers.items()}, config.threads, config.int8, batcher,
-                         middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics})])
-    Routes(runtime, batcher, ready=lambda: worker_ready(server)).register(server.app)
-    return server, runtime
+    board = Board(worker.run_dir, worker.id, worker.workers)
+    batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, on_batch=metrics.classify_batch.observe)
+    server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), c.int8, batcher,
+                         middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id})])
+    routes = Routes(runtime, batcher, board, ready=lambda: worker_ready(server))
+    routes.register(server.app)
+    return server, runtime, board, routes
 
 
 def _inject_faults(runtime: Runtime) -> None:
@@ -80,29 +89,6 @@ def _inject_faults(runtime: Runtime) -> None:
             engine.fault_hook = hook
 
 
-def _load_dump(runtime: Runtime, path: Path) -> None:
-    if not path.exists():
-        return
-    shapes = {name: [(a.manifest["layers"], a.manifest["hidden"])] * (2 if a.is_lstm else 1)
-              for name, a in runtime.lms.items()}
-    try:
-        n = dumpfile.load(runtime.store, path, shapes)
-        log.info(json.dumps({"event": "sessions_loaded", "path": str(path), "sessions": n}))
-    except Exception as e:  # a corrupt or foreign file is set aside, never a crash
-        aside = path.with_name(path.name + f".bad-{int(time.time())}")
-        path.rename(aside)
-        log.error(json.dumps({"event": "sessions_file_rejected", "path": str(path), "moved_to": str(aside),
-                              "error": f"{type(e).__name__}: {e}"}))
-
-
-def _save_dump(runtime: Runtime, path: str) -> None:
-    try:
-        n = dumpfile.save(runtime.store, path)
-        log.info(json.dumps({"event": "sessions_saved", "path": path, "sessions": n}))
-    except OSError as e:
-        log.error(json.dumps({"event": "sessions_save_failed", "error": str(e)}))
-
-
 def _tune_interpreter() -> None:
     # The engine threads and the event loop share the GIL; with the default 5 ms switch interval every
     # socket write of the loop can wait 5 ms for the GIL while a step runs Python.
@@ -116,40 +102,39 @@ def _tune_interpreter() -> None:
     gc.set_threshold(20000, 50, 100)
 
 
-def serve(config: Config) -> None:
+def serve_worker(config: Config, worker: Worker) -> None:
     logging.basicConfig(level=config.log_level.upper(), format="%(message)s")
-    server, runtime = build(config)  # a bad artifact or option stops here with a message naming it
-    if config.sessions_file:
-        _load_dump(runtime, Path(config.sessions_file))
+    server, runtime, board, routes = build(config, worker)  # a bad artifact or option stops here, named
     _tune_interpreter()
     runtime.start()
+    serving = threading.Event()
+    on_serving(server, lambda loop: (runtime.attach(loop), serving.set()))
+    board.beat_forever(lambda: {**runtime.status(), "healthy": serving.is_set() and runtime.healthy()
+                                and worker_ready(server)})
     stopping = threading.Event()
     main_pid = os.getpid()
-
-    def drain():
-        runtime.shutdown("shutdown")
-        if config.sessions_file:
-            _save_dump(runtime, config.sessions_file)
 
     def on_term(signum, frame):
         if os.getpid() != main_pid or stopping.is_set():  # a forked helper (LitServe's manager) inherits this
             return
         stopping.set()
-        log.info(json.dumps({"event": "shutdown", "signal": signum}))
+        runtime.draining = True  # /health turns 503 now, here and (through the board) on every worker
+        log.info(json.dumps({"event": "shutdown", "worker": worker.id, "signal": signum}))
 
         def finish():
-            drain()
+            runtime.shutdown("shutdown")
             time.sleep(0.5)  # let the final events reach the clients
             stop_server(server)
         threading.Thread(target=finish, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    log.info(json.dumps({"event": "start", "host": config.host, "port": config.port,
-                         "language_models": list(runtime.lms), "classifiers": list(runtime.classifiers)}))
+    log.info(json.dumps({"event": "start", "worker": worker.id, "pid": main_pid, "host": config.host,
+                         "port": config.port, "language_models": list(runtime.lms),
+                         "classifiers": list(runtime.classifiers), "sessions": runtime.store.describe()}))
     code = 0
     try:
-        run_server(server, config.host, config.port)
+        run_server(server, config.host, config.port, reuse_port=True)
     except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
         code = e.code if isinstance(e.code, int) else 1
     except Exception:  # os._exit below would swallow the traceback: log it first
@@ -157,8 +142,9 @@ def serve(config: Config) -> None:
         code = 1
     finally:
         if not stopping.is_set():
-            drain()
-        log.info(json.dumps({"event": "stopped"}))
+            runtime.shutdown("shutdown")
+        board.stop()
+        log.info(json.dumps({"event": "stopped", "worker": worker.id}))
         logging.shutdown()
         # LitServe ends its worker processes but cannot stop a uvicorn *thread*; leave now.
         os._exit(code)

@@ -44,7 +44,7 @@ def config_from_args(a) -> Config:
 
 def serve_handlers() -> dict:
     def serve(a):
-        from .app import serve as run
+        from .supervisor import serve as run
         run(config_from_args(a))
 
     return {"serve": serve}

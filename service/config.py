@@ -24,6 +24,7 @@ class Config:
     models: str = str(DEFAULT_MODELS)
     host: str = "0.0.0.0"
     port: int = 8000
+    workers: int = 0
     threads: int = 0
     engine_threads: int = 0
     max_batch: int = 128
@@ -33,6 +34,9 @@ class Config:
     session_ttl: float = 3600.0
     max_sessions: int = 10000
     session_memory_mb: float = 256.0
+    sessions: str = ""
+    state_dir: str = ".rnnserve"
+    session_claim_seconds: float = 30.0
     sessions_file: str = ""
     api_key: str = ""
     int8: bool = False
@@ -46,10 +50,12 @@ OPTIONS = {
     "models": ("RNNSERVE_MODELS", "folder of artifacts to serve (each subfolder one model), or NAME=DIR,NAME=DIR"),
     "host": ("RNNSERVE_HOST", "address to listen on"),
     "port": ("RNNSERVE_PORT", "port to listen on"),
-    "threads": ("RNNSERVE_THREADS", "ONNX Runtime intra-op threads per model (0 = 1 when there are several "
-                "engine threads, else one per core)"),
-    "engine_threads": ("RNNSERVE_ENGINE_THREADS", "decode threads per language model, each stepping its own "
-                       "share of the streams (0 = one per core, at most 4)"),
+    "workers": ("RNNSERVE_WORKERS", "worker processes on the one port, each with its own engines and ONNX "
+                "Runtime sessions (0 = auto: one per 2 cores, at most 8)"),
+    "threads": ("RNNSERVE_THREADS", "ONNX Runtime intra-op threads per model (0 = the worker's share of the "
+                "cores divided among its engine threads)"),
+    "engine_threads": ("RNNSERVE_ENGINE_THREADS", "decode threads per language model in each worker, each "
+                       "stepping its own share of the streams (0 = the worker's share of the cores, at most 4)"),
     "max_batch": ("RNNSERVE_MAX_BATCH", "streams decoded at once per language model (split among its engine "
                   "threads)"),
     "max_queue": ("RNNSERVE_MAX_QUEUE", "requests waiting for a slot before new ones get 503"),
@@ -58,7 +64,14 @@ OPTIONS = {
     "session_ttl": ("RNNSERVE_SESSION_TTL", "seconds an idle session is kept"),
     "max_sessions": ("RNNSERVE_MAX_SESSIONS", "sessions kept at most (least recently used go first)"),
     "session_memory_mb": ("RNNSERVE_SESSION_MEMORY_MB", "memory cap for session state, in MB"),
-    "sessions_file": ("RNNSERVE_SESSIONS_FILE", "save sessions here at shutdown and load them at start"),
+    "sessions": ("RNNSERVE_SESSIONS", "session store: sqlite:///PATH (default: STATE_DIR/sessions.db, shared by "
+                 "the workers, survives crashes), redis://HOST:PORT/DB (replicas on many hosts) or memory "
+                 "(one worker only)"),
+    "state_dir": ("RNNSERVE_STATE_DIR", "folder for the server's own files (the default session store)"),
+    "session_claim_seconds": ("RNNSERVE_SESSION_CLAIM_SECONDS", "a session's claim by a running request lapses "
+                              "this long after its holder stops renewing it (a crashed worker)"),
+    "sessions_file": ("RNNSERVE_SESSIONS_FILE", "an old SIGTERM dump of sessions: imported into the store once at "
+                      "start, then renamed *.imported-TIME"),
     "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
     "int8": ("RNNSERVE_INT8", "serve model.int8.onnx where an artifact has one (1/true)"),
     "classify_max_batch": ("RNNSERVE_CLASSIFY_MAX_BATCH", "/classify requests batched into one call"),
@@ -106,7 +119,38 @@ def resolve_models(c: Config) -> dict[str, Path]:
     return out
 
 
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def workers(c: Config) -> int:
+    """Worker processes: one per 2 cores, at most 8 (docs/benchmarks.md, workers); one for `memory` sessions."""
+    if c.workers > 0:
+        return c.workers
+    if c.sessions == "memory":
+        return 1
+    return max(1, min(8, cores() // 2))
+
+
+def worker_cores(c: Config) -> int:
+    """The cores one worker may count on."""
+    return max(1, cores() // workers(c))
+
+
 def engine_threads(c: Config) -> int:
-    """Decode threads per language model: two half-batches stepped in parallel, one intra-op thread each,
-    beat one batch with two intra-op threads (docs/performance.md)."""
-    return c.engine_threads if c.engine_threads > 0 else max(1, min(4, os.cpu_count() or 1))
+    """Decode threads per language model and worker: two half-batches stepped in parallel, one intra-op
+    thread each, beat one batch with two intra-op threads (docs/performance.md)."""
+    return c.engine_threads if c.engine_threads > 0 else max(1, min(4, worker_cores(c)))
+
+
+def lm_threads(c: Config) -> int:
+    """ONNX Runtime intra-op threads of a language model's session: its engines share the worker's cores."""
+    return c.threads or max(1, worker_cores(c) // engine_threads(c))
+
+
+def classifier_threads(c: Config) -> int:
+    return c.threads or worker_cores(c)
+
+
+def session_url(c: Config) -> str:
+    return c.sessions or f"sqlite:///{Path(c.state_dir) / 'sessions.db'}"

@@ -11,15 +11,20 @@ as ONE message; the worker answers with one list of ready JSON bodies.
 What this relies on in LitServe 0.2.19 (`check_litserve` verifies it at start-up and in the tests):
 the spec's `response_buffer` and `request_queue` (set by `LitSpec.setup`), the request-queue tuple
 `(response_queue_id, uid, timestamp, payload)`, `ResponseBufferItem(event=...)` with its `.response` of
-`(payload, LitAPIStatus)`, `LitServer._shutdown_event` (to stop the server) and
-`LitServer.workers_setup_status` (the worker's readiness).
+`(payload, LitAPIStatus)`, `LitServer._shutdown_event` (to stop the server),
+`LitServer.workers_setup_status` (the worker's readiness), that `LitServer.run` binds its socket with
+uvicorn's `Config.bind_socket` (replaced to add SO_REUSEPORT, so worker processes share the port) and
+that the app's lifespan is LitServe's start-up (wrapped to learn when the server serves).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
+import socket
+import sys
 import time
 import uuid
 from collections import deque
@@ -60,6 +65,8 @@ def check_litserve() -> None:
     for name in ("_shutdown_event", "workers_setup_status", "healthcheck_path", "info_path"):
         if name not in src:
             problems.append(f"LitServer no longer uses {name!r}")
+    if "bind_socket" not in inspect.getsource(ls.LitServer.run):
+        problems.append("LitServer.run no longer binds through uvicorn's Config.bind_socket (SO_REUSEPORT hook)")
     run_params = inspect.signature(ls.LitServer.run).parameters
     for name in ("num_api_servers", "api_server_worker_type"):
         if name not in run_params:
@@ -231,10 +238,46 @@ def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: 
                         healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
 
 
-def run_server(server: ls.LitServer, host: str, port: int) -> None:
-    """Serve until `stop_server`: uvicorn in a thread of this process (the engines live here too)."""
+def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until `stop_server`: uvicorn in a thread of this process (the engines live here too). With
+    `reuse_port` the socket is bound with SO_REUSEPORT, so several workers share the port and the kernel
+    spreads connections over them."""
+    if reuse_port:
+        _bind_with_reuse_port()
     server.run(host=host, port=port, num_api_servers=1, api_server_worker_type="thread",
                generate_client_file=False, log_level="warning")
+
+
+def _bind_with_reuse_port() -> None:
+    """LitServer.run binds its socket with uvicorn's `Config.bind_socket`, which sets SO_REUSEADDR only;
+    this process binds with SO_REUSEPORT too."""
+    import uvicorn
+
+    def bind_socket(config) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if config.host and ":" in config.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as e:
+            log.error(json.dumps({"event": "bind_failed", "host": config.host, "port": config.port,
+                                  "error": e.strerror}))
+            sys.exit(3)
+        sock.set_inheritable(True)
+        return sock
+    uvicorn.Config.bind_socket = bind_socket
+
+
+def on_serving(server: ls.LitServer, callback) -> None:
+    """Call `callback(loop)` on the server's event loop once it is serving (after LitServe's start-up)."""
+    lifespan = server.app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def serving(app):
+        async with lifespan(app) as state:
+            callback(asyncio.get_running_loop())
+            yield state
+    server.app.router.lifespan_context = serving
 
 
 def stop_server(server: ls.LitServer) -> None:

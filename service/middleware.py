@@ -26,8 +26,9 @@ def endpoint_label(path: str) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app, config: Config, metrics: ServiceMetrics):
+    def __init__(self, app, config: Config, metrics: ServiceMetrics, worker: int = 0):
         self.app, self.config, self.metrics = app, config, metrics
+        self.worker_header = (b"x-rnnserve-worker", str(worker).encode())  # which worker answered
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -39,6 +40,7 @@ class EdgeMiddleware:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", ()), self.worker_header]
             await send(message)
 
         try:

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from . import schemas, streaming
+from .board import Board
 from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS
 from .errors import RequestError
 from .litserve_adapter import ClassifyBatcher
@@ -23,8 +24,8 @@ def error_response(e: RequestError) -> JSONResponse:
 
 
 class Routes:
-    def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, ready: Callable[[], bool]):
-        self.rt, self.batcher, self.ready = runtime, batcher, ready
+    def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, board: Board, ready: Callable[[], bool]):
+        self.rt, self.batcher, self.board, self.ready = runtime, batcher, board, ready
 
     async def generate(self, request: Request):
         g: GenerateRequest = schemas.parse(GenerateRequest, await request.body())
@@ -73,12 +74,22 @@ class Routes:
         return Response(status_code=204)
 
     async def health(self, request: Request):
-        if self.rt.healthy() and self.ready():
-            return PlainTextResponse("ok")
-        return PlainTextResponse("not ready", status_code=503)
+        """200 when this worker serves (engines alive, classifier ready, not draining) and every other
+        worker's heartbeat says the same; 503 naming what is not."""
+        if self.rt.draining:
+            return PlainTextResponse("not ready: shutting down", status_code=503)
+        if not (self.rt.healthy() and self.ready()):
+            return PlainTextResponse("not ready", status_code=503)
+        down = [w for w in self.board.read() if not w["up"] and w["id"] != self.board.id]
+        if down:
+            return PlainTextResponse("not ready: " + "; ".join(f"worker {w['id']} {w['why']}" for w in down),
+                                     status_code=503)
+        return PlainTextResponse("ok")
 
     async def info(self, request: Request):
         rt, c, store = self.rt, self.rt.config, self.rt.store
+        workers = [{k: w.get(k) for k in ("id", "pid", "up", "rss_mb", "active", "queued", "age_s", "why")
+                    if k in w} for w in self.board.read()]
         return {
             "models": {n: a.info() for n, a in {**rt.lms, **rt.classifiers}.items()},
             "limits": {"max_prompt_chars": MAX_PROMPT_CHARS, "max_tokens": MAX_TOKENS, "max_stop": MAX_STOP,
@@ -90,9 +101,15 @@ class Routes:
                          "bytes_per_session": {n: a.state_bytes for n, a in rt.lms.items()}},
             "engine": {n: {"active": sum(len(e.active) for e in group), "queued": sum(e.queued for e in group),
                            "threads": len(group)} for n, group in rt.by_model.items()},
+            "store": store.describe(),
+            "worker": self.board.id,
+            "workers": workers,
+            "memory": {"rss_mb_per_worker": [w.get("rss_mb") for w in workers],
+                       "rss_mb_total": round(sum(w.get("rss_mb") or 0 for w in workers), 1)},
         }
 
     async def metrics(self, request: Request):
+        self.rt.metrics.workers_up.set(sum(w["up"] for w in self.board.read()))
         return Response(self.rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     def register(self, app: FastAPI) -> None:

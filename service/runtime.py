@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 
 from .artifact import Artifact
@@ -79,20 +80,47 @@ class Runtime:
                                        config.prefill_chunk, metrics, name=f"{name}-{i}") for i in range(n)]
                          for name, art in lms.items()}
         self.engines = [e for group in self.by_model.values() for e in group]
-        self.claims: dict[GenerationRequest, Claim] = {}  # requests working on a session
+        self.claims: dict[GenerationRequest, Claim] = {}  # requests working on a session (event loop only)
         self._settling: set[asyncio.Task] = set()
         self.started = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self._stop = threading.Event()
 
     # ---------------------------------------------------------------- life cycle
     def start(self) -> None:
         for e in self.engines:
             e.start()
+        threading.Thread(target=self._keep_claims, name="session-claims", daemon=True).start()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the HTTP server runs on: where engine events are delivered."""
+        self.loop = loop
+
+    def _keep_claims(self) -> None:
+        """Renew the claims of running turns, so a long generation keeps its session; a worker that dies
+        stops renewing and its claims lapse after `claim_seconds`."""
+        period = max(0.05, self.store.claim_seconds / 3)
+        while not self._stop.wait(period):
+            claims = list(self.claims.copy().values())  # dict.copy is atomic under the GIL
+            if claims:
+                try:
+                    self.store.renew(claims)
+                except SessionError as e:
+                    log.error(json.dumps({"event": "claims_not_renewed", "error": e.message}))
+
+    def status(self) -> dict:
+        """This worker's load, for its heartbeat."""
+        self.metrics.refresh()
+        return {"active": sum(len(e.active) for e in self.engines), "queued": sum(e.queued for e in self.engines),
+                "draining": self.draining}
 
     def shutdown(self, reason: str = "shutdown") -> None:
         """From any thread but the event loop's: end every stream with a final event, settle sessions."""
+        self.draining = True
         for e in self.engines:
             e.shutdown(reason)
+        self._stop.set()
         loop = self.loop
         if loop is not None and not loop.is_closed():
             try:  # the drained requests' final events are on their way to the loop: let their sessions settle
@@ -152,6 +180,8 @@ class Runtime:
                      stop: list[str], session_id: str | None = None, stream: bool = True) -> GenerationRequest:
         """Start a generation; its events arrive in the returned request's `reply` Channel."""
         self.loop = self.loop or asyncio.get_running_loop()
+        if self.draining:
+            raise busy("server shutting down; retry on another replica")
         model = self.lm_name(model)
         claim = None
         if session_id is not None:

@@ -114,13 +114,17 @@ class Server:
         import os
         import time
         import httpx
-        self.port = free_port()
+        self.port = int(env.pop("RNNSERVE_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        e = dict(os.environ, RNNSERVE_MODELS=str(models), RNNSERVE_PORT=str(self.port), RNNSERVE_HOST="127.0.0.1",
-                 RNNSERVE_THREADS="1", **{k: str(v) for k, v in env.items()})
-        self.log = open(Path(str(models)).parent / f"server-{self.port}.log", "w")
+        # each server its own state folder (its SQLite session store) unless the test shares one
+        state = Path(str(models)).parent / f"state-{self.port}"
+        e = {**os.environ, "RNNSERVE_MODELS": str(models), "RNNSERVE_PORT": str(self.port),
+             "RNNSERVE_HOST": "127.0.0.1", "RNNSERVE_THREADS": "1", "RNNSERVE_STATE_DIR": str(state),
+             **{k: str(v) for k, v in env.items()}}
+        self.log = open(Path(str(models)).parent / f"server-{self.port}.log", "a")
+        # its own process group: a test can kill the whole server (supervisor, workers, their helpers)
         self.proc = subprocess.Popen([sys.executable, "-m", "rnnserve", "serve"], env=e, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -138,14 +142,23 @@ class Server:
         self.log.flush()
         return Path(self.log.name).read_text()[-3000:]
 
+    def kill(self):
+        """kill -9 of the whole server: supervisor, workers and their helper processes at once."""
+        import os
+        import signal
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
     def stop(self, sig=None):
+        import os
         import signal
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
 

@@ -46,7 +46,8 @@ def env_pairs(rest: str) -> dict:
 def image(tmp_path_factory):
     """Replay the Dockerfile into tmp/: /opt/venv -> tmp/venv, /src -> tmp/src, /app -> tmp/app."""
     root = tmp_path_factory.mktemp("image")
-    paths = {"/opt/venv": str(root / "venv"), "/src": str(root / "src"), "/app": str(root / "app")}
+    paths = {"/opt/venv": str(root / "venv"), "/src": str(root / "src"), "/app": str(root / "app"),
+             "/var/lib/rnnserve": str(root / "state")}
 
     def m(s: str) -> str:
         for k, v in paths.items():
@@ -85,7 +86,7 @@ def image(tmp_path_factory):
                                    timeout=900)
                 assert p.returncode == 0, f"RUN {cmd}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
             elif op == "RUN":
-                pass  # useradd: creating a user is not replayed here
+                pass  # useradd and the state folder: the user is not replayed here
             elif op == "CMD":
                 cmd = json.loads(rest)
             elif op == "EXPOSE":
@@ -131,6 +132,7 @@ def test_image_command_serves_generate_and_classify(image):
         assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["finish_reason"] == "length"
         r = httpx.post(url + "/classify", json={"text": "Dobrý den, jak se máte?"}, timeout=30)
         assert r.status_code == 200 and r.json()["label"] in r.json()["scores"]
+        assert httpx.get(url + "/info").json()["store"]["path"] == str(image["root"] / "state" / "sessions.db")
     finally:
         proc.terminate()
         proc.wait(20)

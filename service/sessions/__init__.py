@@ -100,4 +100,7 @@ def open_store(url: str, *, ttl: float, max_sessions: int, max_bytes: int, claim
     if url == "memory":
         from .memory import MemoryStore
         return MemoryStore(**common)
+    if url.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+        return SQLiteStore(url[len("sqlite:///"):], **common)  # sqlite:///relative/path, sqlite:////absolute
     raise SessionError(f"--sessions {url!r}: unknown store (use memory, sqlite:///PATH or redis://HOST:PORT/DB)")

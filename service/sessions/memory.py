@@ -137,18 +137,12 @@ class MemoryStore(SessionStore):
             return {"sessions": len(self._items), "bytes": self._bytes, "evicted": self.evicted,
                     "expired": self.expired}
 
-    # -- the SIGTERM dump file (RNNSERVE_SESSIONS_FILE) ------------------------------------------
-    def items(self) -> list[tuple[str, str, SessionState, float]]:
-        """(id, model, state, idle seconds) of every idle session that holds a state."""
-        with self._lock:
-            now = time.time()
-            return [(sid, e.model, e.state, now - e.last_used) for sid, e in self._items.items()
-                    if e.state is not None]
-
     def put(self, sid: str, model: str, state: SessionState, idle: float) -> None:
+        """Import a session (from an old dump file), within the caps."""
         with self._lock:
             now = time.time()
             if sid in self._items:
                 self._drop(sid)
+            self._evict_for(state.nbytes, now)
             self._items[sid] = _Entry(model, state, last_used=now - idle)
             self._bytes += state.nbytes

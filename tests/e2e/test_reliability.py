@@ -135,10 +135,10 @@ def test_injected_fault_non_streaming_is_503_json(artifacts):
         s.stop()
 
 
-def test_restart_keeps_conversations(artifacts, tmp_path):
-    path = tmp_path / "sessions.npz"
-    whole = None
-    s = Server(artifacts, RNNSERVE_SESSIONS_FILE=path)
+def test_kill_9_and_restart_keeps_conversations(artifacts, tmp_path):
+    """Every finished turn is committed to the SQLite store: kill -9 of the whole server loses nothing."""
+    state = tmp_path / "state"
+    s = Server(artifacts, RNNSERVE_STATE_DIR=state)
     try:
         whole = httpx.post(s.url + "/generate", json={"prompt": "the cat sat", "max_tokens": 30, "temperature": 0,
                                                        "stream": False}).json()["text"]
@@ -146,14 +146,41 @@ def test_restart_keeps_conversations(artifacts, tmp_path):
         first = httpx.post(s.url + "/generate", json={"prompt": "the cat sat", "max_tokens": 10, "temperature": 0,
                                                        "stream": False, "session_id": sid}).json()["text"]
     finally:
-        s.stop(signal.SIGTERM)
-    assert path.exists()
-    s = Server(artifacts, RNNSERVE_SESSIONS_FILE=path)
+        s.kill()
+    assert (state / "sessions.db").exists()
+    s = Server(artifacts, RNNSERVE_STATE_DIR=state)
     try:
         second = httpx.post(s.url + "/generate", json={"prompt": "", "max_tokens": 20, "temperature": 0,
                                                         "stream": False, "session_id": sid})
         assert second.status_code == 200, second.text
         assert first + second.json()["text"] == whole
+    finally:
+        s.stop()
+
+
+def test_an_old_session_dump_is_imported_once(artifacts, tmp_path):
+    """RNNSERVE_SESSIONS_FILE of earlier versions: read into the store at start, then retired."""
+    import numpy as np
+    from service.artifact import load_artifact
+    from service.sessions import SessionState, dumpfile
+    art = load_artifact(artifacts / "tinylm")
+    logits, st = art.run(np.array([art.tokenizer.encode("\nthe cat sat")]))
+    good = SessionState([a[:, 0, :] for a in st], int(logits[0, -1].argmax()), 12)
+    bad_token = SessionState(good.arrays, 10**6, 0)  # outside the vocabulary: must never reach a batch
+    path = tmp_path / "sessions.npz"
+    dumpfile.save([("good", "tinylm", good, 5.0), ("bad", "tinylm", bad_token, 5.0), ("gone", "nosuch", good, 5.0)],
+                  path)
+    s = Server(artifacts, RNNSERVE_SESSIONS_FILE=path)
+    try:
+        whole = httpx.post(s.url + "/generate", json={"prompt": "the cat sat", "max_tokens": 21, "temperature": 0,
+                                                       "stream": False}).json()["text"]
+        r = httpx.post(s.url + "/generate", json={"prompt": "", "max_tokens": 20, "temperature": 0, "stream": False,
+                                                   "session_id": "good"})
+        assert r.status_code == 200 and whole[0] + r.json()["text"] == whole
+        for sid in ("bad", "gone"):
+            assert httpx.post(s.url + "/generate", json={"session_id": sid, "stream": False}).status_code == 404
+        assert not path.exists() and list(tmp_path.glob("sessions.npz.imported-*"))
+        assert '"left_out": 2' in s.logs()
     finally:
         s.stop()
 

@@ -3,7 +3,7 @@ import pytest
 
 from service.artifact import ArtifactError
 from service.cli import config_from_args
-from service.config import OPTIONS, Config, engine_threads, from_env, resolve_models
+from service.config import OPTIONS, Config, engine_threads, from_env, lm_threads, resolve_models, workers
 
 
 def test_every_option_reads_its_environment_variable():
@@ -37,8 +37,13 @@ def test_models_by_folder_and_by_name(artifacts):
         resolve_models(Config(models="/no/such/folder"))
 
 
-def test_engine_threads_default_follows_the_cores(monkeypatch):
+def test_workers_and_threads_share_the_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert engine_threads(Config()) == 4 and engine_threads(Config(engine_threads=2)) == 2
+    assert workers(Config()) == 8 and engine_threads(Config()) == 2 and lm_threads(Config()) == 1
+    assert workers(Config(sessions="memory")) == 1  # memory sessions live in one process
+    one = Config(workers=1)
+    assert engine_threads(one) == 4 and lm_threads(one) == 4 and engine_threads(Config(engine_threads=2)) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert workers(Config()) == 1 and engine_threads(Config()) == 2 and lm_threads(Config()) == 1
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert engine_threads(Config()) == 1
+    assert workers(Config()) == 1 and engine_threads(Config()) == 1 and lm_threads(Config()) == 1

@@ -1,0 +1,104 @@
+"""Scaling sections of `rnnserve bench`: worker processes on one host, and what a session turn costs in
+each session store. Every figure of a section comes from the same run as its baseline.
+
+    rnnserve bench                                   # everything, this machine's worker counts (1, 2)
+    rnnserve bench --only workers --workers 1,2,4,8 --streams 64,256,512   # a bigger machine
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+
+from loadtest.bench import REPO, Proc, client, decode_speed, measured
+
+
+def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
+    """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one
+    intra-op thread: what the hardware gives the service's layout, with no server and no sampling."""
+    from service.artifact import load_artifact
+    arts = [load_artifact(artifact, threads=1) for _ in range(loops)]
+    speeds = [0.0] * loops
+    rows = max(1, batch // loops)
+
+    def one(k):
+        speeds[k] = rows / decode_speed(arts[k], rows, seconds)
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(loops)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(speeds)
+
+
+def serve_cmd() -> list[str]:
+    return [sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"]
+
+
+def workers_section(worker_counts: list[int], levels: list[int], tokens: int, rounds: int, model: str,
+                    seconds: float) -> dict:
+    artifact = REPO / "models" / model
+    out = {"cores": os.cpu_count(), "levels": levels, "runs": [], "ceiling": {}}
+    loops = max(1, min(8, os.cpu_count() or 1))
+    for b in levels:
+        out["ceiling"][b] = {"loops": loops, "tokens_per_s": parallel_ceiling(artifact, b, loops, seconds)}
+    for n in worker_counts:
+        with tempfile.TemporaryDirectory() as state:
+            srv = Proc(serve_cmd(), {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_WORKERS": str(n),
+                                     "RNNSERVE_STATE_DIR": state})
+            try:
+                rss = srv.rss_mb()
+                rows = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(c), "--tokens", str(tokens),
+                                 "--model", model, "--rounds", str(rounds)) for c in levels]
+                out["runs"].append({"workers": n, "idle_rss_mb": rss, "streams": rows})
+            finally:
+                srv.stop()
+    return out
+
+
+def turn_costs(stores: dict[str, dict], seconds: float, concurrency: int = 8) -> dict:
+    """Session turns (1 new token each) back to back with each store: latency p50/p99 and turns/s."""
+    out = {}
+    for name, env in stores.items():
+        with tempfile.TemporaryDirectory() as state:
+            srv = Proc(serve_cmd(), {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state, **env})
+            try:
+                out[name] = measured(srv, "turns", "--url", srv.url, "--concurrency", str(concurrency),
+                                     "--seconds", str(seconds), "--tokens", "1")
+            finally:
+                srv.stop()
+    return out
+
+
+def fmt_ms(v):
+    return "–" if v is None else f"{v * 1000:.1f}"
+
+
+def report_workers(w: dict, raw_two_loops: dict | None = None) -> list[str]:
+    lines = ["## 6. Worker processes on one port\n",
+             f"`rnnserve serve --workers N` on this machine's {w['cores']} cores (each worker: its own engines, ORT "
+             "sessions and classifier; defaults otherwise). Ceiling: "
+             f"{next(iter(w['ceiling'].values()))['loops']} raw ORT decode loops in parallel threads, one intra-op "
+             "thread each, measured in the same run.\n",
+             "| workers | streams | tokens/s | of the parallel-loop ceiling | TTFT p50 / p99 ms | server CPU cores | "
+             "server RSS MB (idle) |", "|---|---|---|---|---|---|---|"]
+    base = {row["concurrency"]: row["tokens_per_s"] for row in w["runs"][0]["streams"]}
+    for run in w["runs"]:
+        for row in run["streams"]:
+            ceil = w["ceiling"][row["concurrency"]]["tokens_per_s"]
+            lines.append(f"| {run['workers']} | {row['concurrency']} | {row['tokens_per_s']:,.0f} "
+                         f"({row['tokens_per_s'] / base[row['concurrency']]:.2f}× 1 worker) | {row['tokens_per_s'] / ceil:.0%} "
+                         f"({ceil:,.0f}) | {fmt_ms(row['ttft_p50'])} / {fmt_ms(row['ttft_p99'])} | "
+                         f"{row['server_cpu_cores']:.2f} | {run['idle_rss_mb']:.0f} |")
+    return lines + [""]
+
+
+def report_turns(t: dict) -> list[str]:
+    lines = ["## 7. What a session turn costs in each store\n",
+             "8 conversations back to back, each turn one new token (`loadtest.clients turns`): the latency is "
+             "claim + read state + prefill + one step + commit.\n",
+             "| store | turns/s | p50 ms | p99 ms | failures |", "|---|---|---|---|---|"]
+    for name, r in t.items():
+        lines.append(f"| {name} | {r['turns_per_s']:,.0f} | {fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | {r['failures']} |")
+    return lines + [""]

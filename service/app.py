@@ -122,7 +122,10 @@ def serve_worker(config: Config, worker: Worker) -> None:
         log.info(json.dumps({"event": "shutdown", "worker": worker.id, "signal": signum}))
 
         def finish():
-            runtime.shutdown("shutdown")
+            deadline = time.monotonic() + config.drain_seconds  # running streams may end on their own
+            while runtime.busy() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            runtime.shutdown("shutdown")  # the rest end now, with a final event
             time.sleep(0.5)  # let the final events reach the clients
             stop_server(server)
         threading.Thread(target=finish, daemon=True).start()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,8 @@ class Config:
     state_dir: str = ".rnnserve"
     session_claim_seconds: float = 30.0
     sessions_file: str = ""
+    drain_seconds: float = 5.0
+    replica: str = ""
     api_key: str = ""
     int8: bool = False
     classify_max_batch: int = 64
@@ -72,6 +75,10 @@ OPTIONS = {
                               "this long after its holder stops renewing it (a crashed worker)"),
     "sessions_file": ("RNNSERVE_SESSIONS_FILE", "an old SIGTERM dump of sessions: imported into the store once at "
                       "start, then renamed *.imported-TIME"),
+    "drain_seconds": ("RNNSERVE_DRAIN_SECONDS", "on SIGTERM, how long running streams may go on to their end "
+                      "before the rest are ended with finish_reason 'shutdown' (/health is 503 from the signal on)"),
+    "replica": ("RNNSERVE_REPLICA", "this server's name in the X-Rnnserve-Replica header and /info (default: "
+                "HOSTNAME:PORT)"),
     "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
     "int8": ("RNNSERVE_INT8", "serve model.int8.onnx where an artifact has one (1/true)"),
     "classify_max_batch": ("RNNSERVE_CLASSIFY_MAX_BATCH", "/classify requests batched into one call"),
@@ -150,6 +157,10 @@ def lm_threads(c: Config) -> int:
 
 def classifier_threads(c: Config) -> int:
     return c.threads or worker_cores(c)
+
+
+def replica_name(c: Config) -> str:
+    return c.replica or f"{socket.gethostname()}:{c.port}"
 
 
 def session_url(c: Config) -> str:

@@ -43,15 +43,16 @@ class StoreCollector:
         self.store = store
 
     def collect(self):
-        up, stats = 1.0, {"sessions": 0, "bytes": 0}
-        try:
-            stats = self.store.stats()
-        except Exception:  # noqa: BLE001 — an unreachable store is reported, not raised
-            up = 0.0
+        up, stats = bool(self.store.describe().get("up", True)), {"sessions": 0, "bytes": 0}
+        if up:
+            try:
+                stats = self.store.stats()
+            except Exception:  # noqa: BLE001 — an unreachable store is reported, not raised
+                up = False
         yield GaugeMetricFamily("rnnserve_sessions", "Sessions held (all workers)", value=stats["sessions"])
         yield GaugeMetricFamily("rnnserve_session_bytes", "Bytes of recurrent state held by sessions",
                                 value=stats["bytes"])
-        yield GaugeMetricFamily("rnnserve_session_store_up", "1 when the session store answers", value=up)
+        yield GaugeMetricFamily("rnnserve_session_store_up", "1 when the session store answers", value=float(up))
 
 
 class ServiceMetrics(Metrics):

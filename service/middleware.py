@@ -6,16 +6,17 @@ import json
 import logging
 import time
 
-from .config import Config
+from .config import Config, replica_name
 from .errors import RequestError
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("rnnserve")
 
-ENDPOINTS = ("/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics", "/health")
+ENDPOINTS = ("/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics", "/health",
+             "/live")
 JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/sessions")
-OPEN = ("/health",)  # probes need no API key
-QUIET = ("/health", "/metrics")  # not logged: scraped every few seconds
+OPEN = ("/health", "/live")  # probes need no API key
+QUIET = ("/health", "/live", "/metrics")  # not logged: scraped every few seconds
 
 
 def endpoint_label(path: str) -> str:
@@ -28,7 +29,9 @@ def endpoint_label(path: str) -> str:
 class EdgeMiddleware:
     def __init__(self, app, config: Config, metrics: ServiceMetrics, worker: int = 0):
         self.app, self.config, self.metrics = app, config, metrics
-        self.worker_header = (b"x-rnnserve-worker", str(worker).encode())  # which worker answered
+        # which replica and which of its workers answered
+        self.who = [(b"x-rnnserve-replica", replica_name(config).encode("latin-1", "replace")),
+                    (b"x-rnnserve-worker", str(worker).encode())]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,7 +43,7 @@ class EdgeMiddleware:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message["headers"] = [*message.get("headers", ()), self.worker_header]
+                message["headers"] = [*message.get("headers", ()), *self.who]
             await send(message)
 
         try:

@@ -33,8 +33,11 @@ class Done:
 
 @dataclass(slots=True)
 class Failed:
-    """The model failed on a step that carried this request; nothing was kept."""
+    """The request could not be completed: the model failed on a step that carried it (nothing was kept),
+    or its session's new state could not be stored (the session stays as it was before the turn)."""
     message: str
+    kind: str = "inference_error"
+    field: str | None = None
 
 
 Event = Union[Text, Done, Failed]

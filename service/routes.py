@@ -12,11 +12,12 @@ from pydantic import BaseModel
 
 from . import schemas, streaming
 from .board import Board
-from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS
+from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, replica_name
 from .errors import RequestError
 from .litserve_adapter import ClassifyBatcher
 from .runtime import Runtime
 from .schemas import ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
+from .sessions import SessionError
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -29,6 +30,12 @@ class Routes:
 
     async def generate(self, request: Request):
         g: GenerateRequest = schemas.parse(GenerateRequest, await request.body())
+        header = request.headers.get("x-session-id")  # lets a balancer hash on it; the body's field is the same
+        if header is not None:
+            if g.session_id is not None and g.session_id != header:
+                raise RequestError(422, "session_id: the body and the X-Session-ID header name different sessions",
+                                   "session_id", "invalid_value")
+            g.session_id = header
         req = await self.rt.submit(model=g.model, prompt=g.prompt, max_tokens=g.max_tokens,
                                    sampling=g.sampling_params(), stop=g.stop, session_id=g.session_id,
                                    stream=g.stream)
@@ -73,6 +80,11 @@ class Routes:
         await self.rt.delete_session(session_id)
         return Response(status_code=204)
 
+    async def live(self, request: Request):
+        """Liveness: the process runs and its event loop answers (nothing else is checked, so a store or a
+        sibling worker being down never gets a replica killed)."""
+        return PlainTextResponse("ok")
+
     async def health(self, request: Request):
         """200 when this worker serves (engines alive, classifier ready, not draining) and every other
         worker's heartbeat says the same; 503 naming what is not."""
@@ -96,17 +108,26 @@ class Routes:
                        "max_texts": MAX_TEXTS, "max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": c.max_body_bytes,
                        "max_batch": c.max_batch, "max_queue": c.max_queue,
                        "classify_max_batch": c.classify_max_batch, "classify_wait_ms": c.classify_wait_ms},
-            "sessions": {**store.stats(), "ttl_seconds": store.ttl, "max_sessions": store.max_sessions,
+            "sessions": {**self._store_stats(), "ttl_seconds": store.ttl, "max_sessions": store.max_sessions,
                          "max_bytes": store.max_bytes,
                          "bytes_per_session": {n: a.state_bytes for n, a in rt.lms.items()}},
             "engine": {n: {"active": sum(len(e.active) for e in group), "queued": sum(e.queued for e in group),
                            "threads": len(group)} for n, group in rt.by_model.items()},
             "store": store.describe(),
+            "replica": replica_name(c),
             "worker": self.board.id,
             "workers": workers,
             "memory": {"rss_mb_per_worker": [w.get("rss_mb") for w in workers],
                        "rss_mb_total": round(sum(w.get("rss_mb") or 0 for w in workers), 1)},
         }
+
+    def _store_stats(self) -> dict:
+        try:
+            if not self.rt.store.describe()["up"]:
+                return {"sessions": None, "bytes": None, "error": "the session store is unavailable"}
+            return self.rt.store.stats()
+        except SessionError as e:
+            return {"sessions": None, "bytes": None, "error": e.message}
 
     async def metrics(self, request: Request):
         self.rt.metrics.workers_up.set(sum(w["up"] for w in self.board.read()))
@@ -128,6 +149,7 @@ class Routes:
             summary="Create a session that keeps the RNN state")
         add("/sessions/{session_id}", self.delete_session, methods=["DELETE"], status_code=204)
         add("/health", self.health, methods=["GET"])
+        add("/live", self.live, methods=["GET"])
         add("/info", self.info, methods=["GET"])
         add("/metrics", self.metrics, methods=["GET"])
 

@@ -17,7 +17,7 @@ import time
 from .artifact import Artifact
 from .config import Config, engine_threads
 from .engine import Engine, Overloaded
-from .requests import Done, Event, GenerationRequest, Text
+from .requests import Done, Event, Failed, GenerationRequest, Text
 from .errors import RequestError, busy
 from .metrics import ServiceMetrics
 from .sampler import SamplingParams
@@ -133,6 +133,9 @@ class Runtime:
         while self._settling:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
 
+    def busy(self) -> bool:
+        return any(e.load() for e in self.engines)
+
     def healthy(self) -> bool:
         now = time.monotonic()
         return all(e.alive() and now - e.heartbeat < 10 for e in self.engines)
@@ -223,15 +226,15 @@ class Runtime:
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
             else:
-                self._settle(claim, ev)
-                req.reply.put(ev)
+                req.reply.put(self._settle(claim, ev))
 
     async def _settle_off_loop(self, claim: Claim, req: GenerationRequest, ev: Event) -> None:
-        await asyncio.to_thread(self._settle, claim, ev)
-        req.reply.put(ev)
+        req.reply.put(await asyncio.to_thread(self._settle, claim, ev))
 
-    def _settle(self, claim: Claim, ev: Event) -> None:
-        """A session's turn has ended: commit the state it reached, or release the session unchanged."""
+    def _settle(self, claim: Claim, ev: Event) -> Event:
+        """A session's turn has ended: commit the state it reached, or release the session unchanged. The
+        event to pass on: the final event, or a failure when the new state could not be stored (the client
+        must know that the session does not remember this turn)."""
         try:
             if isinstance(ev, Done) and ev.state is not None:
                 if not self.store.commit(claim, ev.state):
@@ -242,3 +245,7 @@ class Runtime:
         except SessionError as e:
             log.error(json.dumps({"event": "session_settle_failed", "session_id": claim.session_id,
                                   "error": e.message}))
+            if isinstance(ev, Done):
+                return Failed(f"this turn's state could not be stored ({e.message}); the session continues from "
+                              "before it", "session_store_unavailable", "session_id")
+        return ev

@@ -22,7 +22,7 @@ DONE_LINE = b"data: [DONE]\n\n"
 
 
 def failed_error(ev: Failed) -> RequestError:
-    return RequestError(503, ev.message, None, "inference_error", {"Retry-After": "1"})
+    return RequestError(503, ev.message, ev.field, ev.kind, {"Retry-After": "1"})
 
 
 class GenerateEncoder:
@@ -105,8 +105,7 @@ async def _sse_body(req: GenerationRequest, encoder, pace):
                     yield _sse(encoder.text(ev.text))
                     continue
                 done = True
-                yield _sse(encoder.done(ev) if type(ev) is Done else
-                           error_body("inference_error", ev.message))
+                yield _sse(encoder.done(ev) if type(ev) is Done else error_body(ev.kind, ev.message, ev.field))
             if not done:
                 await asyncio.sleep(pace())
         yield DONE_LINE

@@ -168,3 +168,49 @@ def server(artifacts):
     s = Server(artifacts)
     yield s
     s.stop()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, persistence off; stop() and start() it again to test outages."""
+
+    def __init__(self, tmp):
+        import shutil
+        exe = shutil.which("redis-server")
+        if exe is None:
+            import os
+            if os.environ.get("CI"):
+                raise RuntimeError("redis-server is not installed (.ci/run installs Debian's redis-server)")
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.exe, self.dir, self.port = exe, tmp, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        import time
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import socket
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    r = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield r
+    r.stop()

@@ -103,4 +103,7 @@ def open_store(url: str, *, ttl: float, max_sessions: int, max_bytes: int, claim
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
         return SQLiteStore(url[len("sqlite:///"):], **common)  # sqlite:///relative/path, sqlite:////absolute
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+        return RedisStore(url, **common)
     raise SessionError(f"--sessions {url!r}: unknown store (use memory, sqlite:///PATH or redis://HOST:PORT/DB)")

@@ -30,8 +30,16 @@ def encode(state: SessionState, model: str, version: int) -> bytes:
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays)])
 
 
-def decode(blob: bytes) -> tuple[SessionState, dict]:
-    """(state, header); CorruptState when the bytes do not hold what their header says."""
+def encode_fresh(model: str) -> bytes:
+    """A session created but not used yet: a header with no arrays (version 0)."""
+    header = json.dumps({"format": FORMAT, "model": model, "version": 0, "dtype": "float32", "shapes": [],
+                         "next_token": -1, "tokens_seen": 0, "fresh": True}, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<I", len(header)) + header
+
+
+def decode(blob: bytes) -> tuple[SessionState | None, dict]:
+    """(state, header), state None for a fresh session; CorruptState when the bytes do not hold what their
+    header says."""
     try:
         if blob[:4] != MAGIC:
             raise CorruptState("not an rnnserve session state")
@@ -47,6 +55,8 @@ def decode(blob: bytes) -> tuple[SessionState, dict]:
             offset += count * 4
         if offset != len(blob):
             raise CorruptState(f"{len(blob) - offset} bytes more than the header describes")
+        if header.get("fresh"):
+            return None, header
         return SessionState(arrays, int(header["next_token"]), int(header["tokens_seen"])), header
     except CorruptState:
         raise

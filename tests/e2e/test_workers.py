@@ -143,7 +143,7 @@ def test_health_needs_every_worker_and_a_dead_worker_is_replaced(two):
 
 
 def test_sigterm_drains_every_worker(artifacts, tmp_path):
-    s = Server(artifacts, RNNSERVE_WORKERS=2, RNNSERVE_STATE_DIR=tmp_path)
+    s = Server(artifacts, RNNSERVE_WORKERS=2, RNNSERVE_STATE_DIR=tmp_path, RNNSERVE_DRAIN_SECONDS=0.3)
     finals, started = [], threading.Semaphore(0)
 
     def reader(i):

@@ -3,7 +3,7 @@
 Keys carry the session id as a hash tag, so a session's keys share a slot and the store runs on a
 Redis Cluster too: `rnnserve:{SID}:state` (codec bytes: a header naming model, version, dtype and
 shapes, then the arrays; `SET ... EX ttl`, the TTL refreshed on use) and `rnnserve:{SID}:claim` (the
-claim token, `SET NX PX`). Claim, commit, release and renew are Lua scripts, each atomic on the
+claim token, `SET NX PX`); a running turn renews both, so a session never expires under a turn. Claim, commit, release and renew are Lua scripts, each atomic on the
 session's two keys: commit stores the new state and drops the claim only if the claim is still the
 holder's and the stored version is the one it read (the fencing number), so a holder whose claim lapsed
 can never overwrite newer state.
@@ -60,8 +60,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('PEXPIRE', KEYS[2], ARGV[2])
 """
 
 
@@ -147,7 +148,8 @@ class RedisStore(SessionStore):
             return
         pipe = self.r.pipeline(transaction=False)
         for c in claims:
-            self._renew(keys=[keys(c.session_id)[1]], args=[c.token, int(self.claim_seconds * 1000)], client=pipe)
+            self._renew(keys=keys(c.session_id), args=[c.token, int(self.claim_seconds * 1000), int(self.ttl)],
+                        client=pipe)
         self._call(pipe.execute)
 
     def delete(self, sid: str) -> None:

@@ -56,13 +56,14 @@ def test_one_turn_at_a_time_and_a_lapsed_claim_is_fenced(store):
     assert store.claim(sid, "lm").state.arrays[0][0, 0] == 2.0
 
 
-def test_renew_keeps_a_long_turn(store):
-    store.claim_seconds = 0.2
+def test_renew_keeps_a_long_turn_and_its_session(store):
+    store.claim_seconds, store.ttl = 0.3, 1
     sid = store.create("lm")
     c = store.claim(sid, "lm")
-    for _ in range(3):
-        time.sleep(0.1)
+    for _ in range(8):  # a turn longer than both the claim and the session's TTL
+        time.sleep(0.2)
         store.renew([c])
+    store.expire()
     with pytest.raises(SessionBusy):
         store.claim(sid, "lm")
     assert store.commit(c, state(1.0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,9 +270,15 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     print("6/7 worker processes", flush=True)
     res["workers"] = scaling.workers_section([1, 2], [64] if quick else [64, 128], int(tokens), 1 if quick else 2,
                                              model, 0.5 if quick else 2.0)
-    print("7/7 session stores", flush=True)
-    res["turns"] = scaling.turn_costs({"memory": {"RNNSERVE_SESSIONS": "memory"}, "sqlite (default)": {}},
-                                      3 if quick else 10)
+    print("7/7 session stores and replicas", flush=True)
+    stores = {"memory": {"RNNSERVE_SESSIONS": "memory"}, "sqlite (default)": {}}
+    if shutil.which("redis-server") and shutil.which("haproxy"):
+        res["turns"] = scaling.with_redis(lambda url: scaling.turn_costs({**stores, "redis": {"RNNSERVE_SESSIONS": url}},
+                                                                         3 if quick else 10))
+        res["replicas"] = scaling.replicas_section([1, 2], 64, int(tokens), 1 if quick else 2, 3 if quick else 10)
+    else:
+        print("   (no redis-server/haproxy: apt-get install -y redis-server haproxy for the Redis and replica figures)")
+        res["turns"] = scaling.turn_costs(stores, 3 if quick else 10)
 
     print("5/7 naive peer (PyTorch + FastAPI)", flush=True)
     naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
@@ -400,6 +407,8 @@ def report(r: dict) -> str:
         lines += scaling.report_workers(r["workers"])
     if "turns" in r:
         lines += scaling.report_turns(r["turns"])
+    if "replicas" in r:
+        lines += scaling.report_replicas(r["replicas"])
     return "\n".join(lines) + "\n"
 
 

@@ -71,6 +71,34 @@ def turn_costs(stores: dict[str, dict], seconds: float, concurrency: int = 8) ->
     return out
 
 
+def replicas_section(counts: list[int], concurrency: int, tokens: int, rounds: int, seconds: float) -> dict:
+    """N replicas behind the real balancer with sessions in Redis (deploy/local/cluster.py): streams and session
+    turns per second through the balancer."""
+    from deploy.local.cluster import Cluster, free_port
+    out = {"runs": []}
+    for n in counts:
+        c = Cluster(replicas=n, port=free_port(), env={"RNNSERVE_LOG_LEVEL": "warning"}).start()
+        try:
+            stream = client("stream", "--url", c.url, "--concurrency", str(concurrency), "--tokens", str(tokens),
+                            "--rounds", str(rounds))
+            turns = client("turns", "--url", c.url, "--concurrency", "8", "--seconds", str(seconds), "--tokens", "1")
+            out["runs"].append({"replicas": n, "stream": stream, "turns": turns})
+        finally:
+            c.stop()
+    return out
+
+
+def with_redis(fn):
+    """Run fn(redis_url) with a throwaway redis-server (no persistence) on a free loopback port."""
+    from deploy.local.cluster import Cluster
+    c = Cluster(replicas=0)
+    c.start_redis()
+    try:
+        return fn(c.redis_url)
+    finally:
+        c.stop_redis()
+
+
 def fmt_ms(v):
     return "–" if v is None else f"{v * 1000:.1f}"
 
@@ -101,4 +129,19 @@ def report_turns(t: dict) -> list[str]:
              "| store | turns/s | p50 ms | p99 ms | failures |", "|---|---|---|---|---|"]
     for name, r in t.items():
         lines.append(f"| {name} | {r['turns_per_s']:,.0f} | {fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | {r['failures']} |")
+    return lines + [""]
+
+
+def report_replicas(r: dict) -> list[str]:
+    lines = ["## 8. Replicas behind a balancer\n",
+             "`deploy/local/cluster.py --replicas N`: N `rnnserve serve` replicas (defaults: one worker each on these 2 "
+             "cores), sessions in one redis-server, HAProxy round robin in front; the clients talk to HAProxy. All on "
+             "this machine's 2 cores, so more replicas share the same CPUs: this measures the cost of the layout, "
+             "not the gain of more machines.\n",
+             "| replicas | 64 streams tokens/s | TTFT p50 / p99 ms | session turns/s (8 conversations) | turn p50 / p99 ms |",
+             "|---|---|---|---|---|"]
+    for run in r["runs"]:
+        st, tu = run["stream"], run["turns"]
+        lines.append(f"| {run['replicas']} | {st['tokens_per_s']:,.0f} | {fmt_ms(st['ttft_p50'])} / {fmt_ms(st['ttft_p99'])} | "
+                     f"{tu['turns_per_s']:,.0f} | {fmt_ms(tu['p50'])} / {fmt_ms(tu['p99'])} |")
     return lines + [""]

@@ -127,7 +127,20 @@ def resolve_models(c: Config) -> dict[str, Path]:
 
 
 def cores() -> int:
-    return os.cpu_count() or 1
+    """CPU cores this process may use: the affinity mask and a container's CPU quota (cgroup v2 `cpu.max`,
+    v1 `cpu.cfs_quota_us`) count, so a pod limited to 2 CPUs on a 64-core node plans for 2."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            parts = Path(quota_file).read_text().split()
+            quota, period = parts[0], (parts[1] if period_file is None else Path(period_file).read_text().strip())
+            if quota not in ("max", "-1"):
+                n = min(n, max(1, int(int(quota) / int(period) + 0.5)))
+                break
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(1, n)
 
 
 def workers(c: Config) -> int:

@@ -38,12 +38,25 @@ def test_models_by_folder_and_by_name(artifacts):
 
 
 def test_workers_and_threads_share_the_cores(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("service.config.cores", lambda: 16)
     assert workers(Config()) == 8 and engine_threads(Config()) == 2 and lm_threads(Config()) == 1
     assert workers(Config(sessions="memory")) == 1  # memory sessions live in one process
     one = Config(workers=1)
     assert engine_threads(one) == 4 and lm_threads(one) == 4 and engine_threads(Config(engine_threads=2)) == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("service.config.cores", lambda: 2)
     assert workers(Config()) == 1 and engine_threads(Config()) == 2 and lm_threads(Config()) == 1
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr("service.config.cores", lambda: 1)
     assert workers(Config()) == 1 and engine_threads(Config()) == 1 and lm_threads(Config()) == 1
+
+
+def test_cores_count_the_container_quota(monkeypatch, tmp_path):
+    from service import config
+    real = config.Path
+
+    def fake(path):
+        return tmp_path / "cpu.max" if str(path) == "/sys/fs/cgroup/cpu.max" else real(path)
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a pod limited to 1.5 CPUs
+    monkeypatch.setattr(config, "Path", fake)
+    assert config.cores() == min(2, len(__import__("os").sched_getaffinity(0)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert config.cores() == len(__import__("os").sched_getaffinity(0))

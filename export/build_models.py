@@ -63,9 +63,9 @@ def build_langid(build: Path, budget: float, seed: int) -> dict:
     rows = []
     rng = random.Random(seed)
     for name in ("test_full", "test_short"):
-        from service.evaluate import read_rows
+        from service.labelled import read_labelled
         by_lang: dict[str, list] = {}
-        for label, text in read_rows(data / f"{name}.csv"):
+        for label, text in read_labelled(data / f"{name}.csv").rows:
             by_lang.setdefault(label, []).append((label, text))
         for label in sorted(by_lang):
             rows += rng.sample(by_lang[label], min(25, len(by_lang[label])))

@@ -11,12 +11,12 @@ turns it into a one-line message and exit code 2.
 """
 from __future__ import annotations
 
-import csv
-import io
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from service import labelled  # one torch-free reader, shared with `rnnserve eval`
 
 
 class DataError(Exception):
@@ -110,25 +110,15 @@ def lm_corpus(docs: list[Document], val_fraction: float, seed: int) -> tuple[str
 
 
 def read_labelled(path: str | Path) -> list[tuple[str, str]]:
-    """(label, text) rows of a CSV/TSV file with a header naming `label` and `text`."""
-    text = read_utf8(path)
-    first = text.split("\n", 1)[0]
-    if str(path).endswith(".tsv") or ("\t" in first and "," not in first):
-        delim = "\t"
-    else:
-        delim = ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in ("label", "text") if c not in cols]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (header has: {', '.join(cols) or 'nothing'})")
-    reader.fieldnames = cols
-    rows = []
-    for n, row in enumerate(reader, start=2):
-        label, t = (row.get("label") or "").strip(), row.get("text") or ""
+    """(label, text) rows of a CSV/TSV file with a header naming `label` and `text` (service/labelled.py:
+    TSV literally, CSV with standard quoting, every row or an error naming its line)."""
+    try:
+        rows = labelled.read_labelled(path).rows
+    except labelled.LabelledFileError as e:
+        raise DataError(str(e)) from None
+    for n, (label, t) in enumerate(rows, start=2):
         if not label or not t.strip():
-            raise DataError(f"{path}: line {n}: empty label or text")
-        rows.append((label, t))
+            raise DataError(f"{path}: row {n - 1} (after the header): empty label or text")
     if not rows:
         raise DataError(f"{path}: no rows after the header")
     if len({r[0] for r in rows}) < 2:

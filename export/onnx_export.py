@@ -182,6 +182,7 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
             "inputs": io_names(cfg["kind"], cfg["cell"])[0],
             "outputs": io_names(cfg["kind"], cfg["cell"])[1],
             "labels": None if lm else metrics.get("labels") or metrics["train"].get("labels"),
+            "max_chars": None if lm else metrics.get("train", {}).get("max_len"),
             "pad_id": tok.pad_id,
             "unk_id": tok.unk_id,
             "bos_text": "\n" if lm else None,

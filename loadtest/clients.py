@@ -104,8 +104,8 @@ def read_texts(path: str | None) -> list[str]:
     """The `text` column of a CSV/TSV (e.g. a model's eval_sample.csv), or the built-in sentences."""
     if not path:
         return TEXTS
-    from service.evaluate import read_rows  # the CSV/TSV reader `rnnserve eval` uses
-    return [text for _, text in read_rows(Path(path))]
+    from service.labelled import read_labelled  # the CSV/TSV reader `rnnserve eval` uses
+    return [text for _, text in read_labelled(Path(path)).rows]
 
 
 async def classify(url: str, concurrency: int, seconds: float, texts: list[str]) -> dict:

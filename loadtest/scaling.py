@@ -13,6 +13,9 @@ import threading
 
 from loadtest.bench import REPO, Proc, client, decode_speed, measured
 
+if str(REPO) not in sys.path:  # deploy/ is the repository's, not the installed package's
+    sys.path.insert(0, str(REPO))
+
 
 def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
     """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one

@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # user-facing errors from both halves share one shape
-        if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError"):
+        if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError", "LabelledFileError"):
             print(f"rnnserve {a.command}: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 
 from .artifact import Artifact, load_artifact, read_manifest
+from . import guards
 from .board import Board
 from .config import Config, classifier_threads, lm_threads, resolve_models, session_url
+from .memory import MemoryTrimmer
 from .litserve_adapter import (ClassifyBatcher, check_litserve, make_server, on_serving, run_server, stop_server,
                                worker_ready)
 from .metrics import ServiceMetrics
@@ -53,6 +55,9 @@ def load_models(config: Config) -> tuple[dict[str, Artifact], dict[str, Artifact
 
 def build(config: Config, worker: Worker):
     check_litserve()
+    missing = guards.check_uvicorn()
+    if missing:
+        raise RuntimeError(f"the installed uvicorn lacks what service/guards.py relies on: {', '.join(missing)}")
     lms, classifiers = load_models(config)
     c = config
     store = open_store(session_url(c), ttl=c.session_ttl, max_sessions=c.max_sessions,
@@ -62,7 +67,8 @@ def build(config: Config, worker: Worker):
     metrics.bind(runtime.engines, store)
     _inject_faults(runtime)
     board = Board(worker.run_dir, worker.id, worker.workers)
-    batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, on_batch=metrics.classify_batch.observe)
+    batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, c.classify_max_queue,
+                              on_batch=metrics.classify_batch.observe)
     server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), c.int8, batcher,
                          middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id})])
     routes = Routes(runtime, batcher, board, ready=lambda: worker_ready(server))
@@ -70,23 +76,29 @@ def build(config: Config, worker: Worker):
     return server, runtime, board, routes
 
 
-def _inject_faults(runtime: Runtime) -> None:
-    """A testing aid: RNNSERVE_INJECT_FAULT_AT_STEP=N makes the Nth decode step of each model fail, as a
-    broken model or runtime would."""
-    fault_at = os.environ.get("RNNSERVE_INJECT_FAULT_AT_STEP")
-    if not fault_at:
-        return
-    for group in runtime.by_model.values():
-        calls, lock = {"n": 0}, threading.Lock()  # one count per model, shared by its engine threads
+class _InjectedDeath(BaseException):
+    """What kills an engine thread in the tests: a BaseException, which a step's error handling lets through."""
 
-        def hook(calls=calls, lock=lock, n=int(fault_at)):
-            with lock:
-                calls["n"] += 1
-                hit = calls["n"] == n
-            if hit:
-                raise RuntimeError(f"fault injected at step {n} (RNNSERVE_INJECT_FAULT_AT_STEP)")
-        for engine in group:
-            engine.fault_hook = hook
+
+def _inject_faults(runtime: Runtime) -> None:
+    """Testing aids: RNNSERVE_INJECT_FAULT_AT_STEP=N makes the Nth decode step of each model fail, as a broken
+    model or runtime would; RNNSERVE_INJECT_ENGINE_DEATH_AT_STEP=N kills the engine thread there instead."""
+    for var, kind in (("RNNSERVE_INJECT_FAULT_AT_STEP", RuntimeError), ("RNNSERVE_INJECT_ENGINE_DEATH_AT_STEP",
+                                                                         _InjectedDeath)):
+        at = os.environ.get(var)
+        if not at:
+            continue
+        for group in runtime.by_model.values():
+            calls, lock = {"n": 0}, threading.Lock()  # one count per model, shared by its engine threads
+
+            def hook(calls=calls, lock=lock, n=int(at), kind=kind, var=var):
+                with lock:
+                    calls["n"] += 1
+                    hit = calls["n"] == n
+                if hit:
+                    raise kind(f"fault injected at step {n} ({var})")
+            for engine in group:
+                engine.fault_hook = hook
 
 
 def _tune_interpreter() -> None:
@@ -109,8 +121,13 @@ def serve_worker(config: Config, worker: Worker) -> None:
     runtime.start()
     serving = threading.Event()
     on_serving(server, lambda loop: (runtime.attach(loop), serving.set()))
-    board.beat_forever(lambda: {**runtime.status(), "healthy": serving.is_set() and runtime.healthy()
-                                and worker_ready(server)})
+    trim = MemoryTrimmer()
+
+    def beat() -> dict:
+        status = runtime.status()
+        trim(busy=bool(status["active"] or status["queued"] or routes.batcher.in_flight))
+        return {**status, "healthy": serving.is_set() and runtime.healthy() and worker_ready(server)}
+    board.beat_forever(beat)
     stopping = threading.Event()
     main_pid = os.getpid()
 
@@ -137,7 +154,9 @@ def serve_worker(config: Config, worker: Worker) -> None:
                          "classifiers": list(runtime.classifiers), "sessions": runtime.store.describe()}))
     code = 0
     try:
-        run_server(server, config.host, config.port, reuse_port=True)
+        run_server(server, config.host, config.port, reuse_port=True, send_buffer=config.send_buffer_kb << 10,
+                   http=guards.protocol(config.header_timeout, config.max_connections, config.send_timeout),
+                   timeout_keep_alive=config.keepalive_timeout)
     except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
         code = e.code if isinstance(e.code, int) else 1
     except Exception:  # os._exit below would swallow the traceback: log it first

@@ -9,7 +9,12 @@ import numpy as np
 
 from .artifact import Artifact
 
-MAX_CLASSIFY_TOKENS = 400  # characters of each text the classifier reads (what it was trained on)
+DEFAULT_MAX_CHARS = 400  # characters a classifier reads when its manifest does not say (`max_chars`)
+
+
+def max_chars(art: Artifact) -> int:
+    """Characters of each text the classifier reads: what it was trained on (the manifest's `max_chars`)."""
+    return int(art.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
 
 
 def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
@@ -35,9 +40,10 @@ def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
     return out
 
 
-def classify_batch(art: Artifact, texts: list[str], max_len: int = MAX_CLASSIFY_TOKENS) -> np.ndarray:
-    """Class probabilities for a list of texts (one padded ORT call)."""
-    seqs = [art.tokenizer.encode(t)[:max_len] or [art.tokenizer.unk_id] for t in texts]
+def classify_batch(art: Artifact, texts: list[str]) -> np.ndarray:
+    """Class probabilities for a list of texts (one padded ORT call), each read up to `max_chars(art)`."""
+    n = max_chars(art)
+    seqs = [art.tokenizer.encode(t[:n]) or [art.tokenizer.unk_id] for t in texts]
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     tokens = np.full((len(seqs), int(lengths.max())), art.tokenizer.pad_id, dtype=np.int64)
     for i, s in enumerate(seqs):

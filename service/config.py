@@ -40,11 +40,19 @@ class Config:
     session_claim_seconds: float = 30.0
     sessions_file: str = ""
     drain_seconds: float = 5.0
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    send_timeout: float = 30.0
+    send_buffer_kb: int = 256
+    stream_buffer_events: int = 1024
     replica: str = ""
     api_key: str = ""
     int8: bool = False
     classify_max_batch: int = 64
     classify_wait_ms: float = 5.0
+    classify_max_queue: int = 2048
     log_level: str = "info"
     model_list: list[str] = field(default_factory=list)  # --model NAME=DIR, repeatable
 
@@ -77,12 +85,26 @@ OPTIONS = {
                       "start, then renamed *.imported-TIME"),
     "drain_seconds": ("RNNSERVE_DRAIN_SECONDS", "on SIGTERM, how long running streams may go on to their end "
                       "before the rest are ended with finish_reason 'shutdown' (/health is 503 from the signal on)"),
+    "max_connections": ("RNNSERVE_MAX_CONNECTIONS", "open connections per worker; one more is answered 503 and "
+                        "closed"),
+    "header_timeout": ("RNNSERVE_HEADER_TIMEOUT", "seconds a request's headers may take to arrive (408 after)"),
+    "body_timeout": ("RNNSERVE_BODY_TIMEOUT", "seconds a request's body may take to arrive (408 after)"),
+    "keepalive_timeout": ("RNNSERVE_KEEPALIVE_TIMEOUT", "seconds an idle keep-alive connection stays open"),
+    "send_timeout": ("RNNSERVE_SEND_TIMEOUT", "seconds a client may leave a write unread before its stream is "
+                     "cancelled and its connection closed"),
+    "send_buffer_kb": ("RNNSERVE_SEND_BUFFER_KB", "kernel send buffer per connection, in KB (0 = the kernel's "
+                       "autotuning, up to several MB a connection); a client that stops reading fills it, then "
+                       "send_timeout ends its stream"),
+    "stream_buffer_events": ("RNNSERVE_STREAM_BUFFER_EVENTS", "events waiting for a stream's slow client; past it "
+                             "the stream is cancelled and its connection closed"),
     "replica": ("RNNSERVE_REPLICA", "this server's name in the X-Rnnserve-Replica header and /info (default: "
                 "HOSTNAME:PORT)"),
     "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
     "int8": ("RNNSERVE_INT8", "serve model.int8.onnx where an artifact has one (1/true)"),
     "classify_max_batch": ("RNNSERVE_CLASSIFY_MAX_BATCH", "/classify requests batched into one call"),
     "classify_wait_ms": ("RNNSERVE_CLASSIFY_WAIT_MS", "how long /classify waits to fill a batch"),
+    "classify_max_queue": ("RNNSERVE_CLASSIFY_MAX_QUEUE", "texts of /classify requests waiting or being classified "
+                           "at once; a request that would go past it gets 503 + Retry-After"),
     "log_level": ("RNNSERVE_LOG_LEVEL", "debug, info, warning or error"),
 }
 

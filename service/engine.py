@@ -133,6 +133,8 @@ class Engine:
 
     def submit(self, req: GenerationRequest) -> GenerationRequest:
         with self._cv:
+            if self._thread is not None and not self._thread.is_alive():
+                raise Overloaded("the engine thread has stopped")
             if not self._running or self._draining:
                 raise Overloaded("the engine is shutting down")
             if self.load() >= self.max_batch + self.max_queue:
@@ -153,6 +155,20 @@ class Engine:
 
     # ------------------------------------------------------------------ engine thread
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # the thread dies: nothing it holds may hang, nothing new may queue here
+            log.critical("engine %s stopped: %r", self.name, e)
+            with self._cv:
+                self._running = False
+                rows = [Slot(r, self.bos_ids, self.art.zero_state(1)) for r in self._inbox]
+                self._inbox.clear()
+                self.prefilling += rows
+            self.deliver(self._fail_all(e))
+            if not isinstance(e, Exception):
+                raise
+
+    def _run(self) -> None:
         while True:
             with self._cv:
                 while self._running and not self._draining and not (self._inbox or self.prefilling or self.active):

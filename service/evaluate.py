@@ -7,8 +7,6 @@ per-class precision/recall and the confusion matrix over a labelled CSV/TSV.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from .artifact import ArtifactError, load_artifact
 from .classifier import classify_texts
+from .labelled import read_labelled, read_text
 
 LN2 = math.log(2)
 
@@ -39,27 +38,6 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
     return {"accuracy": sum(conf[i][i] for i in range(k)) / n if n else 0.0,
             "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "n": n, "per_class": per_class,
             "confusion": conf, "labels": labels}
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8").lstrip("\ufeff").replace("\r\n", "\n")
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise ArtifactError(f"{path}: not UTF-8 (offset {e.start})") from None
-
-
-def read_rows(path: Path) -> list[tuple[str, str]]:
-    text = _read_text(path)
-    first = text.split("\n", 1)[0]
-    delim = "\t" if str(path).endswith(".tsv") or ("\t" in first and "," not in first) else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-    cols = [c.strip() for c in reader.fieldnames or []]
-    if "label" not in cols or "text" not in cols:
-        raise ArtifactError(f"{path}: needs `label` and `text` columns (header has: {', '.join(cols) or 'nothing'})")
-    reader.fieldnames = cols
-    return [((r["label"] or "").strip(), r["text"] or "") for r in reader]
 
 
 def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
@@ -87,7 +65,7 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
     art = load_artifact(artifact, int8=int8)
     path = Path(data)
     if art.kind == "lm":
-        text = _read_text(path)[:limit]
+        text = read_text(path)[:limit]
         ids = art.tokenizer.encode(text)
         if len(ids) < 4:
             raise ArtifactError(f"{path}: too little text to evaluate ({len(ids)} characters)")
@@ -95,7 +73,8 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
         r.update(kind="lm", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
                  unknown_chars=sum(1 for i in ids if i == art.tokenizer.unk_id))
         return r
-    rows = read_rows(path)[:limit]
+    labelled = read_labelled(path)
+    rows = labelled.rows[:limit]
     label_ids = {l: i for i, l in enumerate(art.labels)}
     unknown: dict[str, int] = {}
     known = []
@@ -109,7 +88,7 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
     preds = [int(p.argmax()) for p in classify_texts(art, [text for _, text in known])]
     r = classification_report([label_ids[l] for l, _ in known], preds, art.labels)
     r.update(kind="classifier", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
-             unknown_labels=unknown)
+             unknown_labels=unknown, rows_read=len(labelled.rows), format=labelled.format)
     return r
 
 
@@ -122,7 +101,8 @@ def format_report(r: dict) -> str:
         return s
     labels = r["labels"]
     w = max(7, *(len(l) for l in labels)) + 1
-    lines = [f"{r['artifact']} ({r['onnx']}) on {r['data']}: {r['n']:,} rows",
+    lines = [f"{r['artifact']} ({r['onnx']}) on {r['data']}: {r['rows_read']:,} rows read ({r['format']}), "
+             f"{r['n']:,} scored",
              f"  accuracy  {r['accuracy']:.4f}", f"  macro-F1  {r['macro_f1']:.4f}", "",
              "class".ljust(w) + "precision".rjust(10) + "recall".rjust(8) + "f1".rjust(8) + "n".rjust(7)]
     for l in labels:

@@ -40,8 +40,9 @@ except ImportError as e:  # pragma: no cover — only with an untested LitServe
                       f"{ls.__version__} lacks what it uses: {e}") from e
 
 from .artifact import load_artifact, read_manifest
-from .classifier import classify_texts
+from .classifier import classify_texts, max_chars
 from .errors import RequestError
+from .memory import trim_when_idle
 
 log = logging.getLogger("rnnserve")
 
@@ -88,6 +89,8 @@ class ClassifyAPI(ls.LitAPI):
         self.model_paths, self.threads, self.int8 = models, threads, int8
 
     def setup(self, device):
+        self.last_work = [0.0]
+        trim_when_idle(self.last_work)  # unpickled batches of long texts would otherwise stay in the heap
         self.models = {name: load_artifact(path, name, int8=self.int8 and bool(read_manifest(Path(path)).get("int8")),
                                            threads=self.threads or None)
                        for name, path in self.model_paths.items()}
@@ -105,14 +108,17 @@ class ClassifyAPI(ls.LitAPI):
             probs = iter(classify_texts(self.models[name], [t for i in rows for t in batch[i]["texts"]]))
             for i in rows:
                 results[i] = [next(probs) for _ in batch[i]["texts"]]
+        self.last_work[0] = time.monotonic()
         return [self._body(r, res) for r, res in zip(batch, results)]
 
     def _body(self, r: dict, probs: list) -> bytes:
-        labels = self.models[r["model"]].labels
-        items = [{"label": labels[int(p.argmax())], "scores": {l: round(float(v), 6) for l, v in zip(labels, p)}}
-                 for p in probs]
+        art = self.models[r["model"]]
+        labels, n = art.labels, max_chars(art)
+        items = [{"label": labels[int(p.argmax())], "scores": {l: round(float(v), 6) for l, v in zip(labels, p)},
+                  "truncated": len(t) > n}  # the model read only the first n characters
+                 for p, t in zip(probs, r["texts"])]
         body = {"model": r["model"], **items[0]} if r["single"] else {"model": r["model"], "results": items}
-        return json.dumps(body, ensure_ascii=False).encode()
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()  # as FastAPI's JSONResponse
 
     def encode_response(self, output):
         return output
@@ -126,28 +132,36 @@ class ClassifyBatcher:
     message. Made a LitServe spec by `make_server` (it needs the spec's queues); `classify` is what the
     /classify route awaits."""
 
-    def __init__(self, max_texts: int, wait_s: float, timeout: float = 60.0, on_batch=None):
+    def __init__(self, max_texts: int, wait_s: float, max_queue: int = 2048, timeout: float = 60.0, on_batch=None):
         self.max_texts, self.wait_s, self.timeout = max(1, max_texts), wait_s, timeout
+        self.max_queue = max(1, max_queue)
         self.on_batch = on_batch  # called with the number of texts of each batch sent (a metric)
         self.spec = None
         self._pending: deque | None = None  # created on the event loop
-        self._pending_texts = 0
+        self._pending_texts = 0  # parked, not yet sent
+        self.in_flight = 0       # texts parked or at the worker: what admission control bounds
 
-    async def classify(self, model: str, texts: list[str], single: bool) -> bytes:
-        """The JSON body answering one request, once its batch has come back from the worker."""
+    def classify(self, model: str, texts: list[str], single: bool) -> asyncio.Future:
+        """Park one request; the future is its JSON body, once its batch has come back from the worker.
+        Cancelling the future (the client went away) drops its texts if they have not been sent yet. Raises
+        a 503 RequestError when the queue of texts is full."""
         loop = asyncio.get_running_loop()
         if self._pending is None:
             self._pending, self._wake, self._slots = deque(), asyncio.Event(), asyncio.Semaphore(2)
             self._flusher = loop.create_task(self._flush_forever())
+        if self.in_flight + len(texts) > self.max_queue:
+            raise RequestError(503, f"classification queue full ({self.in_flight} texts waiting or being classified,"
+                                    f" limit {self.max_queue}); retry shortly", None, "overloaded", {"Retry-After": "1"})
         fut = loop.create_future()
+        self.in_flight += len(texts)
+        fut.add_done_callback(lambda _: self._done(len(texts)))
         self._pending.append(({"model": model, "texts": texts, "single": single}, fut, loop.time()))
         self._pending_texts += len(texts)
         self._wake.set()
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            fut.cancel()  # the client went away: its texts are skipped if not yet sent
-            raise
+        return fut
+
+    def _done(self, n: int) -> None:
+        self.in_flight -= n
 
     async def _flush_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -238,25 +252,29 @@ def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: 
                         healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
 
 
-def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = False) -> None:
+def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = False, send_buffer: int = 0,
+               **uvicorn_options) -> None:
     """Serve until `stop_server`: uvicorn in a thread of this process (the engines live here too). With
     `reuse_port` the socket is bound with SO_REUSEPORT, so several workers share the port and the kernel
-    spreads connections over them."""
+    spreads connections over them; `send_buffer` (bytes) fixes each connection's kernel send buffer.
+    `uvicorn_options` go to uvicorn.Config (LitServer.run passes them on)."""
     if reuse_port:
-        _bind_with_reuse_port()
+        _bind_with_reuse_port(send_buffer)
     server.run(host=host, port=port, num_api_servers=1, api_server_worker_type="thread",
-               generate_client_file=False, log_level="warning")
+               generate_client_file=False, log_level="warning", **uvicorn_options)
 
 
-def _bind_with_reuse_port() -> None:
+def _bind_with_reuse_port(send_buffer: int = 0) -> None:
     """LitServer.run binds its socket with uvicorn's `Config.bind_socket`, which sets SO_REUSEADDR only;
-    this process binds with SO_REUSEPORT too."""
+    this process binds with SO_REUSEPORT too (and a fixed send buffer, which accepted sockets inherit)."""
     import uvicorn
 
     def bind_socket(config) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if config.host and ":" in config.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         try:
             sock.bind((config.host, config.port))
         except OSError as e:

@@ -2,6 +2,8 @@
 metrics and one JSON log line. Pure ASGI, so streamed responses pass straight through."""
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import time
@@ -71,24 +73,35 @@ class EdgeMiddleware:
             return
         auth = headers.get("authorization", "")
         given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key", "")
-        if given != key:
+        # constant time: how long a wrong key takes says nothing about how much of it was right
+        if not hmac.compare_digest(given.encode("latin-1"), key.encode("utf-8")):
             raise RequestError(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)",
                                None, "unauthorized")
 
     async def _read_json_body(self, headers: dict, receive) -> bytes | None:
         """The whole body of a JSON POST, refused early when it is not JSON or too large."""
-        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        # A missing Content-Type is refused too: a web page elsewhere can POST a body without one (a "simple"
+        # request, no CORS preflight) to a server on this machine; with application/json it cannot.
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise RequestError(415, f"content type must be application/json, not {ctype!r}", "content-type",
+            said = f"not {ctype!r}" if ctype else "and the request has no Content-Type"
+            raise RequestError(415, f"content type must be application/json, {said}", "content-type",
                                "unsupported_media_type")
         limit = self.config.max_body_bytes
+        deadline = asyncio.get_running_loop().time() + self.config.body_timeout
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise RequestError(413, f"body of {int(length)} bytes is larger than the limit of {limit} bytes",
                                "body", "body_too_large")
         chunks, size, more = [], 0, True  # a chunked body has no length: count while reading
+        timeout = self.config.body_timeout
         while more:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestError(408, f"request body not received within {timeout:g} s", "body", "request_timeout",
+                                   {"Connection": "close"}) from None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")

@@ -2,6 +2,7 @@
 the answer. Nothing here generates, batches or stores."""
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -29,7 +30,7 @@ class Routes:
         self.rt, self.batcher, self.board, self.ready = runtime, batcher, board, ready
 
     async def generate(self, request: Request):
-        g: GenerateRequest = schemas.parse(GenerateRequest, await request.body())
+        g: GenerateRequest = await _parse(GenerateRequest, await request.body())
         header = request.headers.get("x-session-id")  # lets a balancer hash on it; the body's field is the same
         if header is not None:
             if g.session_id is not None and g.session_id != header:
@@ -45,7 +46,7 @@ class Routes:
         return streaming.sse(req, encoder, self.rt.pace)
 
     async def completions(self, request: Request):
-        c: CompletionRequest = schemas.parse(CompletionRequest, await request.body())
+        c: CompletionRequest = await _parse(CompletionRequest, await request.body())
         model = self.rt.lm_name(c.model)
         req = await self.rt.submit(model=model, prompt=c.prompt, max_tokens=c.max_tokens,
                                    sampling=c.sampling_params(), stop=c.stop, stream=c.stream)
@@ -55,7 +56,7 @@ class Routes:
         return streaming.sse(req, encoder, self.rt.pace)
 
     async def classify(self, request: Request):
-        c: ClassifyRequest = schemas.parse(ClassifyRequest, await request.body())
+        c: ClassifyRequest = await _parse(ClassifyRequest, await request.body())
         served = list(self.rt.classifiers)
         if not served:
             raise RequestError(404, "this server has no classifier loaded", "model", "not_found")
@@ -63,8 +64,8 @@ class Routes:
             raise RequestError(422, f"model: unknown model {c.model!r} (classifiers served: {', '.join(served)})",
                                "model", "invalid_value")
         single = c.texts is None
-        body = await self.batcher.classify(c.model or served[0], [c.text] if single else c.texts, single)
-        return Response(body, media_type="application/json")
+        pending = self.batcher.classify(c.model or served[0], [c.text] if single else c.texts, single)
+        return Response(await streaming.unless_gone(pending, request), media_type="application/json")
 
     async def models(self, request: Request):
         created = int(self.rt.started)
@@ -152,6 +153,17 @@ class Routes:
         add("/live", self.live, methods=["GET"])
         add("/info", self.info, methods=["GET"])
         add("/metrics", self.metrics, methods=["GET"])
+
+
+BIG_BODY = 64 << 10
+
+
+async def _parse(model: type[BaseModel], raw: bytes):
+    """Decode a body; a big one (up to the 1 MB limit: 256 texts) off the event loop, so that parsing and
+    validating it never holds up the writes of the streams."""
+    if len(raw) > BIG_BODY:
+        return await asyncio.to_thread(schemas.parse, model, raw)
+    return schemas.parse(model, raw)
 
 
 def _body_doc(model: type[BaseModel]) -> dict:

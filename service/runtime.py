@@ -31,12 +31,14 @@ SESSION_ERROR_TYPES = {404: "session_not_found", 409: "session_busy", 503: "sess
 class Channel:
     """One request's events on the event loop: the step's hand-off appends, the writer takes them all.
     (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)"""
-    __slots__ = ("items", "waiter", "final_only")
+    __slots__ = ("items", "waiter", "final_only", "overflowed", "last_take")
 
     def __init__(self, final_only: bool = False):
         self.items: list[Event] = []
         self.waiter: asyncio.Future | None = None
         self.final_only = final_only  # a whole (non-streamed) answer needs only the final event
+        self.overflowed = False  # the client stopped reading: too many events waited too long
+        self.last_take = time.monotonic()
 
     def put(self, ev: Event) -> None:
         if self.final_only and type(ev) is Text:
@@ -55,6 +57,7 @@ class Channel:
             finally:
                 self.waiter = None
         items, self.items = self.items, []
+        self.last_take = time.monotonic()
         return items
 
 
@@ -198,7 +201,10 @@ class Runtime:
         if claim is not None:
             self.claims[req] = claim
         try:
-            max(self.by_model[model], key=lambda e: e.free()).submit(req)
+            live = [e for e in self.by_model[model] if e.alive()]
+            if not live:
+                raise Overloaded(f"no engine of model {model!r} is running (see /health)")
+            max(live, key=lambda e: e.free()).submit(req)
         except Overloaded as e:
             if claim is not None:
                 del self.claims[req]
@@ -217,10 +223,18 @@ class Runtime:
             pass  # loop closed during shutdown
 
     def _dispatch(self, events: list[tuple[GenerationRequest, Event]]) -> None:
+        limit = self.config.stream_buffer_events
         for req, ev in events:
             claim = self.claims.pop(req, None) if type(ev) is not Text else None
             if claim is None:
-                req.reply.put(ev)
+                reply = req.reply
+                reply.put(ev)
+                # Its writer has not taken anything for a second and events pile up: the client stopped reading
+                # (a busy loop may let a burst pile up, but never for a second).
+                if len(reply.items) > limit and not req.cancelled and time.monotonic() - reply.last_take > 1.0:
+                    log.info(json.dumps({"event": "client_too_slow", "waiting_events": len(reply.items)}))
+                    reply.overflowed = True
+                    req.cancel()
             elif self.store.blocking:
                 task = asyncio.ensure_future(self._settle_off_loop(claim, req, ev))
                 self._settling.add(task)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Below this temperature sampling is greedy: logits / T would overflow float32 (1e-40 makes inf, then NaN)
+# long before it could differ from the argmax of a trained model's logits.
+MIN_TEMPERATURE = 1e-4
+
 
 class SamplingParams:
     __slots__ = ("temperature", "top_k", "top_p", "rng")
@@ -22,10 +26,10 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
            uniforms: np.ndarray) -> np.ndarray:
-    """logits (B, V) float32; per-row temperature (0 = greedy), top_k (0 = off), top_p (1 = off),
+    """logits (B, V) float32; per-row temperature (below MIN_TEMPERATURE = greedy), top_k (0 = off), top_p (1 = off),
     and one uniform in [0, 1) per row. Returns token ids (B,) int64."""
     batch, vocab = logits.shape
-    greedy = temperature <= 0
+    greedy = temperature < MIN_TEMPERATURE
     out = np.empty(batch, dtype=np.int64)
     if greedy.any():
         out[greedy] = logits[greedy].argmax(1)
@@ -48,8 +52,9 @@ def sample(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p
     rank = np.arange(vocab)[None, :]
     k = np.where(top_k[rows] > 0, top_k[rows], vocab)[:, None]
     cum = np.cumsum(p, 1)
-    # keep the top k, and the smallest prefix whose mass reaches top_p (the first token always stays)
-    keep = (rank < k) & ((cum - p) < top_p[rows, None])
+    # keep the top k, and the smallest prefix whose mass reaches top_p; the most likely token always stays,
+    # however small top_p (a top_p below float32's smallest number would otherwise keep nothing)
+    keep = (rank < k) & (((cum - p) < top_p[rows, None]) | (rank == 0))
     p = np.where(keep, p, 0.0)
     cum = np.cumsum(p, 1)
     target = uniforms[rows] * cum[:, -1]

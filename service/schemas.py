@@ -49,10 +49,36 @@ def parse_json(raw: bytes):
         raise RequestError(400, f"body is not valid JSON: {e}", "body", "invalid_json") from None
 
 
+def _lone_surrogate(obj, path: str = ""):
+    """(field path, code point) of the first string, key or value, holding a lone surrogate: JSON can carry
+    "\ud800" escapes, but they are not text, cannot be written back as UTF-8 and never reach a model."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return path or "body", ord(obj[e.start])
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            hit = _lone_surrogate(k, path or "body") or _lone_surrogate(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            hit = _lone_surrogate(v, f"{path}.{i}" if path else str(i))
+            if hit:
+                return hit
+    return None
+
+
 def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     obj = parse_json(raw)
     if not isinstance(obj, dict):
         raise RequestError(422, "body must be a JSON object", "body", "invalid_value")
+    hit = _lone_surrogate(obj)
+    if hit:
+        field, cp = hit
+        raise RequestError(422, f"{field}: holds a lone surrogate (U+{cp:04X}), which is not text; send valid "
+                                "Unicode", field.split(".")[0], "invalid_value")
     try:
         return model.model_validate(obj)
     except ValidationError as e:

@@ -100,7 +100,13 @@ async def _sse_body(req: GenerationRequest, encoder, pace):
     done = False
     try:
         while not done:
-            for ev in _coalesce(await req.reply.take()):
+            events = await req.reply.take()
+            if req.reply.overflowed:  # the client fell too far behind: the request is cancelled, end it here
+                done = True
+                yield _sse(error_body("client_too_slow", "the client did not read the stream fast enough; "
+                                                         "the generation was cancelled"))
+                break
+            for ev in _coalesce(events):
                 if type(ev) is Text:
                     yield _sse(encoder.text(ev.text))
                     continue
@@ -124,22 +130,31 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def whole(req: GenerationRequest, encoder, request: Request):
-    """Wait for the final event and answer it as one JSON object. A client that goes away cancels the
-    request at once (the engine drops it before its next step); it is answered 499 and logged."""
-    final = asyncio.ensure_future(req.reply.take())  # a final-only channel: one wake-up, the final event
+async def unless_gone(fut: asyncio.Future, request: Request):
+    """The future's result, or — when the client closes the connection first — the future cancelled and a
+    499 (logged; nobody is left to read it)."""
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({final, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not final.done():
-            req.cancel()
+        await asyncio.wait({fut, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not fut.done():
+            fut.cancel()
             raise RequestError(499, "the client closed the connection before the answer", None, "client_closed")
-        ev = final.result()[-1]
-        if type(ev) is Failed:
-            raise failed_error(ev)
-        return JSONResponse(encoder.whole(ev))
+        return fut.result()
     finally:
-        for t in (final, gone):
-            t.cancel()
-        if not final.done() or final.cancelled():
-            req.cancel()
+        gone.cancel()
+        if not fut.done():
+            fut.cancel()
+
+
+async def whole(req: GenerationRequest, encoder, request: Request):
+    """Wait for the final event and answer it as one JSON object. A client that goes away cancels the
+    request at once (the engine drops it before its next step)."""
+    final = asyncio.ensure_future(req.reply.take())  # a final-only channel: one wake-up, the final event
+    try:
+        ev = (await unless_gone(final, request))[-1]
+    except BaseException:  # the client left (499), or the handler was cancelled
+        req.cancel()
+        raise
+    if type(ev) is Failed:
+        raise failed_error(ev)
+    return JSONResponse(encoder.whole(ev))

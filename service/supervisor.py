@@ -32,12 +32,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .artifact import ArtifactError, read_manifest
+from .board import Board
 from .config import Config, resolve_models, session_url, workers as worker_count
 from .sessions import SessionError, dumpfile, open_store
 
 log = logging.getLogger("rnnserve")
 
 FAST_FAIL_S, FAST_FAILS_ALLOWED, GRACE_S = 15.0, 3, 60.0
+UNHEALTHY_RESTART_S = 10.0  # a worker that served and then stays unhealthy (a dead engine thread, a hang) this long
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -100,6 +102,8 @@ class Supervisor:
         self.procs: dict[int, subprocess.Popen] = {}
         self.started: dict[int, float] = {}
         self.fast_fails = 0
+        self.last_up: dict[int, float] = {}
+        self._last_watch = 0.0
         self.stopping = False
         self.store = None
         self.run_dir = ""
@@ -177,9 +181,28 @@ class Supervisor:
                         self.stop()
                         return 1
                     self.spawn(i)
+                self.watch_health()
             return self.wait()
         finally:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def watch_health(self) -> None:
+        """Restart a worker that has served before and has not been up for UNHEALTHY_RESTART_S: it asks it
+        to drain and exit (SIGTERM); the loop above then starts its replacement."""
+        now = time.monotonic()
+        if now - self._last_watch < 1.0:
+            return
+        self._last_watch = now
+        for w in Board(self.run_dir, -1, self.n).read():
+            i, p = w["id"], self.procs.get(w["id"])
+            if p is None or p.poll() is not None or w.get("pid") not in (None, p.pid):
+                continue
+            if w["up"]:
+                self.last_up[i] = now
+            elif i in self.last_up and not w.get("draining") and now - self.last_up[i] > UNHEALTHY_RESTART_S:
+                log.error(json.dumps({"event": "worker_unhealthy", "worker": i, "pid": p.pid, "why": w.get("why")}))
+                del self.last_up[i]
+                p.send_signal(signal.SIGTERM)
 
     def _on_signal(self, signum, frame) -> None:
         if not self.stopping:

@@ -33,6 +33,18 @@ def test_lm_corpus_splits_short_text_into_blocks():
     assert train and val and len(train) > 10 * len(val)
 
 
+def test_tsv_is_read_literally_and_no_row_is_lost(tmp_path):
+    """A TSV text that begins with a double quote stays one row (csv quoting swallowed the rows after it)."""
+    rows = [("en" if i % 2 else "de", f'"quoted {i}' if i % 7 == 0 else f"text {i}, with a comma") for i in range(2400)]
+    t = tmp_path / "q.tsv"
+    t.write_text("label\ttext\n" + "".join(f"{l}\t{x}\n" for l, x in rows), encoding="utf-8")
+    assert D.read_labelled(t) == rows
+    bad = tmp_path / "tab.tsv"
+    bad.write_text("label\ttext\nen\tone\nde\ttwo\tthree\n", encoding="utf-8")
+    with pytest.raises(D.DataError, match="line 3: 3 field"):
+        D.read_labelled(bad)
+
+
 def test_labelled_csv_and_tsv(tmp_path):
     c = tmp_path / "x.csv"
     c.write_text('label,text\nen,"hello, world"\nde,hallo welt\n', encoding="utf-8")
@@ -48,6 +60,8 @@ def test_labelled_csv_and_tsv(tmp_path):
     (b"label,text\n\xff\xfe bad\n", "not UTF-8"),
     (b"lab,text\nx,y\n", "missing column(s) label"),
     (b"label,text\nen,a\nen,b\n", "only one class"),
+    (b"label,text\nen,a\nde,b,c\n", "line 3: 3 field(s) where the header has 2"),
+    (b'label,text\nen,a\nde,"open quote\nen,b\n', "line 3: cannot parse"),
 ])
 def test_bad_files_stop_with_clear_message_and_exit_2(tmp_path, content, message):
     p = tmp_path / "bad.csv"

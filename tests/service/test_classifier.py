@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from service.artifact import load_artifact
-from service.classifier import MAX_CLASSIFY_TOKENS, classify_batch, classify_texts, length_buckets
+from service.classifier import classify_batch, classify_texts, length_buckets, max_chars
 
 
 def test_length_buckets_keep_calls_of_similar_length():
@@ -28,8 +28,10 @@ def test_bucketed_texts_equal_each_text_alone(clf):
         assert np.allclose(p, alone, atol=1e-5) and abs(p.sum() - 1) < 1e-5
 
 
-def test_text_is_read_up_to_the_limit(clf):
-    base = "bcdfg " * 100
-    a = classify_batch(clf, [base[:MAX_CLASSIFY_TOKENS]])[0]
-    b = classify_batch(clf, [base[:MAX_CLASSIFY_TOKENS] + "aeiou" * 50])[0]
+def test_text_is_read_up_to_the_limit_the_manifest_names(clf):
+    n = max_chars(clf)
+    assert n == clf.manifest["max_chars"] == clf.info()["max_chars"]  # the exporter wrote the training length
+    base = "bcdfg " * 200
+    a = classify_batch(clf, [base[:n]])[0]
+    b = classify_batch(clf, [base[:n] + "aeiou" * 50])[0]
     assert np.allclose(a, b)  # what lies past the limit is not read

@@ -50,3 +50,20 @@ def test_a_seed_gives_the_same_draws_and_none_gives_fresh_ones():
     a, b = SamplingParams(1.0, seed=11), SamplingParams(1.0, seed=11)
     assert [a.rng.random() for _ in range(5)] == [b.rng.random() for _ in range(5)]
     assert SamplingParams(seed=None).rng.random() != SamplingParams(seed=None).rng.random()
+
+
+def test_extreme_parameters_stay_sane():
+    from service.sampler import MIN_TEMPERATURE
+    rng = np.random.default_rng(4)
+    logits = (rng.normal(size=(5, 40)) * 8).astype(np.float32)
+    greedy = logits.argmax(1)
+    u = rng.random(5)
+    none, ones = np.zeros(5, np.int64), np.ones(5, np.float32)
+    for t in (1e-40, 1e-30, MIN_TEMPERATURE / 2):  # logits / T would overflow: greedy instead
+        assert (sample(logits, np.full(5, t, np.float32), none, ones, u) == greedy).all()
+    for top_p in (1e-46, 1e-45, 1e-30):  # below float32's smallest numbers: the most likely token, never the least
+        assert (sample(logits, ones, none, np.full(5, top_p, np.float32), u) == greedy).all()
+    hot = sample(logits, np.full(5, 5.0, np.float32), np.full(5, 10**6), ones, np.full(5, 0.999999))
+    assert ((hot >= 0) & (hot < 40)).all()  # top_k past the vocabulary: off; the highest uniform: a real token
+    edge = sample(logits, ones, none, ones, np.zeros(5))
+    assert ((edge >= 0) & (edge < 40)).all()

@@ -163,3 +163,45 @@ def test_state_bytes_round_trip_and_damage_is_detected():
     for bad in (b"junk", encode(s, "lm", 1)[:-3], b"RNNS\xff\xff\xff\x00{}"):
         with pytest.raises(CorruptState):
             decode(bad)
+
+
+def test_an_old_dump_is_checked_field_by_field(tmp_path):
+    """Every entry of an old SIGTERM dump is checked before it is trusted; the store's caps hold."""
+    import json as _json
+    from service.sessions import dumpfile
+    now = time.time()
+    good = [np.ones((1, 4), np.float32), np.ones((1, 4), np.float32)]
+    entries = {  # id: (meta overrides, arrays)
+        "good": ({}, good), "old": ({"idle": 120.0}, good), "future": ({"saved": now + 3600}, good),
+        "negative": ({"idle": -50.0}, good), "token": ({"last_token": 10**6}, good), "nulltoken": ({"last_token": None}, good),
+        "model": ({"model": "gone"}, good), "shape": ({}, [np.ones((2, 4), np.float32)] * 2),
+        "nan": ({}, [np.full((1, 4), np.nan, np.float32)] * 2), "good2": ({}, good),
+    }
+    arrays, meta = {}, []
+    for i, (sid, (over, arr)) in enumerate(entries.items()):
+        for k, a in enumerate(arr):
+            arrays[f"s{i}_{k}"] = a
+        meta.append({"id": sid, "model": "lm", "n": 2, "last_token": 3, "tokens_seen": 5, "idle": 1.0, "saved": now,
+                     **over})
+    path = tmp_path / "dump.npz"
+    with open(path, "wb") as f:
+        np.savez(f, __meta__=np.frombuffer(_json.dumps({"format": dumpfile.FORMAT, "sessions": meta}).encode(),
+                                           dtype=np.uint8), **arrays)
+    store = open_store("memory", ttl=60, max_sessions=1, max_bytes=1 << 20)
+    loaded, left_out = dumpfile.load(store, path, {"lm": ([(1, 4), (1, 4)], 50)})
+    assert (loaded, left_out) == (2, 8)
+    assert store.stats()["sessions"] == 1  # the count cap holds: the newest stays
+    with open(tmp_path / "other.npz", "wb") as f:
+        np.savez(f, __meta__=np.frombuffer(b'{"format": "something-else/1", "sessions": []}', dtype=np.uint8))
+    with pytest.raises(ValueError, match="not an rnnserve session file"):
+        dumpfile.load(store, tmp_path / "other.npz", {})
+
+
+def test_the_sqlite_file_is_private(tmp_path):
+    import os
+    import stat
+    store = open_store(f"sqlite:///{tmp_path}/private/s.db", ttl=60, max_sessions=10, max_bytes=1 << 20)
+    store.commit(store.claim(store.create("lm"), "lm"), state(1.0))
+    for f in (tmp_path / "private").iterdir():
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+    store.close()

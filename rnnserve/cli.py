@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--int8", action="store_true", help="evaluate model.int8.onnx instead of model.onnx")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--limit", type=int, default=None, help="use only the first N rows / characters")
+    ev.add_argument("--first-chars", type=int, default=None, metavar="N",
+                    help="classifier: keep only the first N characters of each text (how short inputs fare)")
+    ev.add_argument("--compare-langid", action="store_true",
+                    help="classifier: also score langid.py (PyPI langid, restricted to the model's labels) on the "
+                         "same texts")
 
     from service.cli import add_serve_parser  # torch-free
     add_serve_parser(sub)
@@ -211,7 +216,8 @@ def cmd_export(a) -> None:
 
 def cmd_eval(a) -> None:
     from service.evaluate import evaluate, format_report
-    report = evaluate(a.artifact, a.data, int8=a.int8, limit=a.limit)
+    report = evaluate(a.artifact, a.data, int8=a.int8, limit=a.limit, first_chars=a.first_chars,
+                      compare_langid=a.compare_langid)
     print(json.dumps(report, indent=2, ensure_ascii=False) if a.json else format_report(report))
 
 

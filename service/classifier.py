@@ -17,12 +17,19 @@ def max_chars(art: Artifact) -> int:
     return int(art.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
 
 
-def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16) -> list[list]:
+MAX_CALL_TOKENS = 8192  # rows x padded length of one call: bounds the memory a call takes (a 256 x 400 call held
+                        # ~500 MB of activations in the bundled langid; 8,192 tokens keep it near 20 MB)
+
+
+def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack: int = 16,
+                   max_tokens: int = MAX_CALL_TOKENS) -> list[list]:
     """Cut (length, ...) items, sorted by length, into calls whose texts have similar lengths: a padded
-    call costs its longest text for every row, so one long text among short ones multiplies its cost."""
+    call costs its longest text for every row, so one long text among short ones multiplies its cost.
+    A call also holds at most `max_tokens` rows x length (at least one row)."""
     out, cur = [], []
     for it in items:
-        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack):
+        if cur and (len(cur) >= max_rows or it[0] > cur[0][0] * spread + slack or
+                    (len(cur) + 1) * it[0] > max_tokens):
             out.append(cur)
             cur = []
         cur.append(it)
@@ -34,7 +41,8 @@ def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack:
 def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
     """Class probabilities for any number of texts, in input order: length-sorted, bucketed calls."""
     out: list = [None] * len(texts)
-    for chunk in length_buckets(sorted((len(t), i) for i, t in enumerate(texts))):
+    n = max_chars(art)
+    for chunk in length_buckets(sorted((min(len(t), n), i) for i, t in enumerate(texts))):
         for (_, i), p in zip(chunk, classify_batch(art, [texts[i] for _, i in chunk])):
             out[i] = p
     return out

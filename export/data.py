@@ -30,20 +30,13 @@ class Document:
 
 
 def read_utf8(path: str | Path) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a folder, not a file")
-    raw = p.read_bytes()
+    """A UTF-8 text file (BOM and CRLF tolerated) that is not empty (service/labelled.py reads it)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
-                        f"convert it first, e.g. iconv -f latin1 -t utf-8") from None
-    text = text.lstrip("\ufeff").replace("\r\n", "\n")
+        text = labelled.read_text(path)
+    except labelled.LabelledFileError as e:
+        raise DataError(str(e)) from None
     if not text.strip():
-        raise DataError(f"{p}: empty file")
+        raise DataError(f"{path}: empty file")
     return text
 
 

@@ -298,10 +298,16 @@ def crop(text: str, rng: random.Random, lo: int = 10, hi: int = 60) -> str:
     return text[start:start + n].strip() or text[:n]
 
 
-def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 3000, per_cell_val: int = 250,
-          per_cell_test: int = 300, test_domains: list[str] | None = None) -> dict:
+def recase(text: str, rng: random.Random) -> str:
+    """Text as people also type it: one in ten all lower case, one in thirty all capitals."""
+    r = rng.random()
+    return text.lower() if r < 0.1 else text.upper() if r < 0.133 else text
+
+
+def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 4000, per_cell_val: int = 250,
+          per_cell_test: int = 300, test_domains: list[str] | None = None, longest: int = 120) -> dict:
     """CSV files under `out`: train.csv and val.csv from `domains` (per language and domain the same number of
-    samples: a word-bounded snippet of 20-200 characters, and as many crops of 10-60 characters), and
+    samples: a word-bounded snippet of 20-`longest` characters, and as many crops of 10-60 characters), and
     test_<domain>.csv for every domain in `test_domains` (default: all): snippets of 20-300 characters (word
     groups for `words`) from units no training file saw."""
     rng = random.Random(seed)
@@ -326,9 +332,9 @@ def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 3000, pe
                         made.append(s)
                 return made
             if dom in domains:
-                for s in draw(pools["train"], per_cell, 20, 200):
-                    train += [(lang, s), (lang, crop(s, rng))]
-                val += [(lang, s) for s in draw(pools["val"], per_cell_val, 20, 200)]
+                for s in draw(pools["train"], per_cell, 20, longest):
+                    train += [(lang, recase(s, rng)), (lang, crop(s, rng))]
+                val += [(lang, s) for s in draw(pools["val"], per_cell_val, 20, longest)]
             if dom in tests:
                 tests[dom] += [(lang, s) for s in draw(pools["test"], per_cell_test, 20, 300)]
     rng.shuffle(train)

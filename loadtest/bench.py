@@ -82,15 +82,8 @@ class Proc:
         return total
 
     def rss_mb(self) -> float:
-        total = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass
-        return total / 1024
+        from service.board import rss_mb
+        return rss_mb(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

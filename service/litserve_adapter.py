@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import json
 import logging
+import signal
 import socket
 import sys
 import time
@@ -89,6 +90,8 @@ class ClassifyAPI(ls.LitAPI):
         self.model_paths, self.threads, self.int8 = models, threads, int8
 
     def setup(self, device):
+        # Ctrl-C reaches every process of the terminal's group: this one is stopped by its worker, in order
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.last_work = [0.0]
         trim_when_idle(self.last_work)  # unpickled batches of long texts would otherwise stay in the heap
         self.models = {name: load_artifact(path, name, int8=self.int8 and bool(read_manifest(Path(path)).get("int8")),
@@ -246,10 +249,13 @@ class ClassifySpec(LitSpec):
 
 def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: ClassifyBatcher,
                 middlewares: list) -> ls.LitServer:
-    """A LitServer whose worker classifies; LitServe's own /health and /info move aside for ours."""
+    """A LitServer whose worker classifies; LitServe's own /, /health and /info make way for ours."""
     api = ClassifyAPI(classifiers, threads, int8, ClassifySpec(batcher))
-    return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
-                        healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
+                          healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
+    # LitServe answers GET / with "litserve running"; / is the playground's
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    return server
 
 
 def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = False, send_buffer: int = 0,

@@ -14,10 +14,10 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("rnnserve")
 
-ENDPOINTS = ("/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics", "/health",
-             "/live")
+ENDPOINTS = ("/", "/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics",
+             "/health", "/live")
 JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/sessions")
-OPEN = ("/health", "/live")  # probes need no API key
+OPEN = ("/", "/health", "/live")  # the playground page and the probes need no API key
 QUIET = ("/health", "/live", "/metrics")  # not logged: scraped every few seconds
 
 

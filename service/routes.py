@@ -3,6 +3,7 @@ the answer. Nothing here generates, batches or stores."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -25,9 +26,21 @@ def error_response(e: RequestError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
+PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
+# The page is self-contained: its script and styles are inline, it talks only to this server.
+PLAYGROUND_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                      "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                      "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
 class Routes:
     def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, board: Board, ready: Callable[[], bool]):
         self.rt, self.batcher, self.board, self.ready = runtime, batcher, board, ready
+        self.page = PLAYGROUND.read_bytes()
+
+    async def playground(self, request: Request):
+        """GET /: the playground page (it holds no secret: served without an API key; its calls need one)."""
+        return Response(self.page, media_type="text/html; charset=utf-8", headers=PLAYGROUND_HEADERS)
 
     async def generate(self, request: Request):
         g: GenerateRequest = await _parse(GenerateRequest, await request.body())
@@ -139,6 +152,7 @@ class Routes:
                                   lambda request, exc: error_response(schemas.validation_error(exc.errors())))
         app.add_exception_handler(RequestError, lambda request, exc: error_response(exc))
         add = app.add_api_route
+        add("/", self.playground, methods=["GET"], include_in_schema=False)
         add("/generate", self.generate, methods=["POST"], openapi_extra=_body_doc(GenerateRequest),
             summary="Generate text (SSE stream, or one JSON object with stream=false)")
         add("/v1/completions", self.completions, methods=["POST"], openapi_extra=_body_doc(CompletionRequest),

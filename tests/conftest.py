@@ -109,6 +109,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SCRATCH: list[Path] = []
+
+
+def _server_scratch() -> Path:
+    """One temporary folder per test run for the servers' logs and state, never the checkout."""
+    import tempfile
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="rnnserve-test-servers-")))
+    return _SCRATCH[0]
+
+
 class Server:
     def __init__(self, models, **env):
         import os
@@ -117,11 +128,12 @@ class Server:
         self.port = int(env.pop("RNNSERVE_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # each server its own state folder (its SQLite session store) unless the test shares one
-        state = Path(str(models)).parent / f"state-{self.port}"
+        scratch = _server_scratch()
+        state = scratch / f"state-{self.port}"
         e = {**os.environ, "RNNSERVE_MODELS": str(models), "RNNSERVE_PORT": str(self.port),
              "RNNSERVE_HOST": "127.0.0.1", "RNNSERVE_THREADS": "1", "RNNSERVE_STATE_DIR": str(state),
              **{k: str(v) for k, v in env.items()}}
-        self.log = open(Path(str(models)).parent / f"server-{self.port}.log", "a")
+        self.log = open(scratch / f"server-{self.port}.log", "a")
         # its own process group: a test can kill the whole server (supervisor, workers, their helpers)
         self.proc = subprocess.Popen([sys.executable, "-m", "rnnserve", "serve"], env=e, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)

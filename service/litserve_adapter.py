@@ -23,6 +23,8 @@ import contextlib
 import inspect
 import json
 import logging
+import multiprocessing as mp
+import os
 import signal
 import socket
 import sys
@@ -88,10 +90,21 @@ class ClassifyAPI(ls.LitAPI):
     def __init__(self, models: dict[str, str], threads: int, int8: bool, spec: "ClassifyBatcher"):
         super().__init__(max_batch_size=1, spec=spec, api_path="/classify")
         self.model_paths, self.threads, self.int8 = models, threads, int8
+        # set by `stop_server` when the worker is done draining: from then on SIGTERM (LitServe's way of
+        # ending this process) ends it; before, a SIGTERM sent to the whole process group is not for it
+        self.stopping = mp.get_context("spawn").Event()
 
     def setup(self, device):
-        # Ctrl-C reaches every process of the terminal's group: this one is stopped by its worker, in order
+        # Ctrl-C, `kill -TERM -PGID` or systemd's control-group stop reach every process of the group at
+        # once: this one is stopped by its worker, after the worker has drained, so it keeps classifying
+        # until then
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def on_term(signum, frame):
+            if self.stopping.is_set():
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, on_term)
         self.last_work = [0.0]
         trim_when_idle(self.last_work)  # unpickled batches of long texts would otherwise stay in the heap
         self.models = {name: load_artifact(path, name, int8=self.int8 and bool(read_manifest(Path(path)).get("int8")),
@@ -253,6 +266,7 @@ def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: 
     api = ClassifyAPI(classifiers, threads, int8, ClassifySpec(batcher))
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
                           healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
+    server.rnnserve_classify_api = api
     # LitServe answers GET / with "litserve running"; / is the playground's
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
     return server
@@ -305,6 +319,9 @@ def on_serving(server: ls.LitServer, callback) -> None:
 
 
 def stop_server(server: ls.LitServer) -> None:
+    api = getattr(server, "rnnserve_classify_api", None)
+    if api is not None:
+        api.stopping.set()  # LitServe's SIGTERM to the classifier's process now ends it
     server._shutdown_event.set()
 
 

@@ -171,6 +171,35 @@ def test_sigterm_drains_every_worker(artifacts, tmp_path):
     s.stop()
 
 
+def test_sigterm_to_the_whole_process_group_still_drains_in_order(artifacts, tmp_path):
+    """`kill -TERM -PGID` (or systemd stopping the control group) reaches the classifier's process too: it
+    keeps classifying while its worker drains, and the server still exits 0."""
+    s = Server(artifacts, RNNSERVE_STATE_DIR=tmp_path, RNNSERVE_DRAIN_SECONDS=3)
+    started, finals = threading.Event(), []
+
+    def reader():
+        with httpx.stream("POST", s.url + "/generate", json={"max_tokens": 4096, "model": "wide"}, timeout=30) as r:
+            lines = []
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                    started.set()
+            finals.append(json.loads(lines[-2][6:]))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert started.wait(20)
+    os.killpg(s.proc.pid, signal.SIGTERM)
+    time.sleep(1.5)  # LitServe notices a dead classifier process within a second and would stop the server
+    r = httpx.post(s.url + "/classify", json={"text": "hello there"}, timeout=10)
+    assert r.status_code == 200, r.text
+    t.join(30)
+    assert s.proc.wait(30) == 0, s.logs()
+    assert finals and finals[0]["finish_reason"] in ("shutdown", "length")
+    assert "died" not in s.logs()
+    s.stop()
+
+
 def test_memory_sessions_with_several_workers_is_refused(artifacts):
     p = subprocess.run([sys.executable, "-m", "rnnserve", "serve", "--workers", "2", "--sessions", "memory",
                         "--models", str(artifacts), "--port", str(free_port()), "--host", "127.0.0.1"],

@@ -5,7 +5,8 @@
 Needs Debian's `redis-server` and `haproxy` (`apt-get install -y redis-server haproxy`). The balancer is
 round-robin per request, checks each replica's /health every 500 ms (a draining replica answers 503 and
 leaves the rotation within a second) and retries a request that met a refused connection or a 503 on
-another replica, so a replica that stops never shows a client a failed request. Redis runs without
+another replica, so a replica that stops never shows a client a failed request; `http-no-delay` sends
+each streamed event at once (HAProxy otherwise holds small writes back to merge them). Redis runs without
 persistence (`--save "" --appendonly no`), with `maxmemory` and `volatile-lru` as the session caps.
 Everything listens on 127.0.0.1 unless --host says otherwise; the files (configs, logs, per-replica
 state) go to --workdir (a temporary folder by default).
@@ -32,6 +33,7 @@ HAPROXY_CFG = """global
 
 defaults
     mode http
+    option http-no-delay
     timeout connect 2s
     timeout client 10m
     timeout server 10m

@@ -109,6 +109,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def during_a_turn(url: str, sid: str, action, model: str = "wide", max_tokens: int = 300):
+    """Run `action()` while a streamed turn holds session `sid` (after its first token: the claim is
+    taken), then read the turn to its end. Returns (what `action` returned, the turn's final event)."""
+    import json
+    import httpx
+    with httpx.stream("POST", url + "/generate", json={"prompt": "a", "max_tokens": max_tokens, "model": model,
+                                                       "session_id": sid}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        lines = r.iter_lines()
+        assert next(l for l in lines if l).startswith("data: ")
+        result = action()
+        rest = [l for l in lines if l]
+    return result, json.loads(rest[-2][6:])
+
+
 _SCRATCH: list[Path] = []
 
 
@@ -150,9 +165,11 @@ class Server:
         self.stop()
         raise RuntimeError("server did not become healthy in 60 s: " + self.logs())
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 3000) -> str:
+        """The server's log: its last `tail` characters (for a failure message), or all of it."""
         self.log.flush()
-        return Path(self.log.name).read_text()[-3000:]
+        text = Path(self.log.name).read_text()
+        return text[-tail:] if tail else text
 
     def kill(self):
         """kill -9 of the whole server: supervisor, workers and their helper processes at once."""

@@ -172,7 +172,7 @@ def test_an_old_session_dump_is_imported_once(artifacts, tmp_path):
         for sid in ("bad", "gone"):
             assert httpx.post(s.url + "/generate", json={"session_id": sid, "stream": False}).status_code == 404
         assert not path.exists() and list(tmp_path.glob("sessions.npz.imported-*"))
-        assert '"left_out": 2' in s.logs()
+        assert '"left_out": 2' in s.logs(tail=None)
     finally:
         s.stop()
 
@@ -184,7 +184,7 @@ def test_corrupt_session_file_is_set_aside(artifacts, tmp_path):
     try:
         assert httpx.get(s.url + "/health").status_code == 200
         assert not path.exists() and list(tmp_path.glob("sessions.npz.bad-*"))
-        assert "sessions_file_rejected" in s.logs()
+        assert "sessions_file_rejected" in s.logs(tail=None)
     finally:
         s.stop()
 

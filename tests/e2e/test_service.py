@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, during_a_turn
 
 
 def stream(url, body, timeout=60):
@@ -105,15 +105,10 @@ def test_sessions_continue_without_recomputing(server):
 
 def test_concurrent_requests_on_one_session_conflict(server):
     sid = httpx.post(server.url + "/sessions", json={"model": "wide"}).json()["session_id"]
-
-    def go(prompt):
-        return httpx.post(server.url + "/generate", json={"prompt": prompt, "max_tokens": 4096, "session_id": sid,
-                                                          "model": "wide", "stream": False}, timeout=30)
-
-    with ThreadPoolExecutor(2) as pool:
-        a, b = pool.map(go, ["a", "b"])
-    assert sorted([a.status_code, b.status_code]) == [200, 409]
-    loser = a if a.status_code == 409 else b
+    loser, final = during_a_turn(server.url, sid, lambda: httpx.post(
+        server.url + "/generate", json={"prompt": "b", "max_tokens": 5, "session_id": sid, "model": "wide",
+                                        "stream": False}, timeout=30))
+    assert loser.status_code == 409 and final["finish_reason"] == "length"
     assert loser.json()["error"]["field"] == "session_id" and "in use" in loser.json()["error"]["message"]
     # the session is intact and usable afterwards
     r = httpx.post(server.url + "/generate", json={"prompt": "", "max_tokens": 3, "session_id": sid, "stream": False,

@@ -188,7 +188,9 @@ class Supervisor:
 
     def watch_health(self) -> None:
         """Restart a worker that has served before and has not been up for UNHEALTHY_RESTART_S: it asks it
-        to drain and exit (SIGTERM); the loop above then starts its replacement."""
+        to drain and exit (SIGTERM); the loop above then starts its replacement. Whether it has served is
+        its own heartbeat's word (`served`), so a worker that fails before this loop ever saw it up (this
+        looks once a second) is restarted too."""
         now = time.monotonic()
         if now - self._last_watch < 1.0:
             return
@@ -199,7 +201,10 @@ class Supervisor:
                 continue
             if w["up"]:
                 self.last_up[i] = now
-            elif i in self.last_up and not w.get("draining") and now - self.last_up[i] > UNHEALTHY_RESTART_S:
+                continue
+            if w.get("served") and not w.get("draining"):
+                self.last_up.setdefault(i, now)  # down since at least now
+            if i in self.last_up and not w.get("draining") and now - self.last_up[i] > UNHEALTHY_RESTART_S:
                 log.error(json.dumps({"event": "worker_unhealthy", "worker": i, "pid": p.pid, "why": w.get("why")}))
                 del self.last_up[i]
                 p.send_signal(signal.SIGTERM)

@@ -138,8 +138,6 @@ def _server_scratch() -> Path:
 class Server:
     def __init__(self, models, **env):
         import os
-        import time
-        import httpx
         self.port = int(env.pop("RNNSERVE_PORT", 0)) or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # each server its own state folder (its SQLite session store) unless the test shares one
@@ -152,18 +150,25 @@ class Server:
         # its own process group: a test can kill the whole server (supervisor, workers, their helpers)
         self.proc = subprocess.Popen([sys.executable, "-m", "rnnserve", "serve"], env=e, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        deadline = time.time() + 60
+        if not self.wait_healthy(60):
+            self.stop()
+            raise RuntimeError("server did not become healthy in 60 s: " + self.logs())
+
+    def wait_healthy(self, seconds: float) -> bool:
+        """Poll /health until it answers 200 (True) or `seconds` pass (False); the server exiting is an error."""
+        import time
+        import httpx
+        deadline = time.time() + seconds
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become healthy in 60 s: " + self.logs())
+        return False
 
     def logs(self, tail: int | None = 3000) -> str:
         """The server's log: its last `tail` characters (for a failure message), or all of it."""

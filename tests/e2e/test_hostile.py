@@ -341,14 +341,7 @@ def test_a_dead_engine_fails_fast_releases_its_session_and_is_replaced(artifacts
                                                   "session_id": sid}, timeout=20)
         assert r.status_code == 503  # not 409: the dead turn released the session
         assert httpx.get(s.url + "/health").status_code == 503
-        deadline = t0 + 60  # the supervisor replaces the unhealthy worker
-        while time.time() < deadline:
-            try:
-                if httpx.get(s.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        assert s.wait_healthy(60 - (time.time() - t0))  # the supervisor replaces the unhealthy worker
         r = httpx.post(s.url + "/generate", json={"max_tokens": 5, "model": "tinylm", "stream": False,
                                                   "session_id": None}, timeout=20)
         assert r.status_code == 200 and "worker_unhealthy" in s.logs(tail=None)

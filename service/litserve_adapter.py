@@ -11,7 +11,8 @@ as ONE message; the worker answers with one list of ready JSON bodies.
 What this relies on in LitServe 0.2.19 (`check_litserve` verifies it at start-up and in the tests):
 the spec's `response_buffer` and `request_queue` (set by `LitSpec.setup`), the request-queue tuple
 `(response_queue_id, uid, timestamp, payload)`, `ResponseBufferItem(event=...)` with its `.response` of
-`(payload, LitAPIStatus)`, `LitServer._shutdown_event` (to stop the server),
+`(payload, LitAPIStatus)`, `LitServer._shutdown_event` (to stop the server), `LitServer.inference_workers`
+(the classifier's process, told first that the coming SIGTERM is for it),
 `LitServer.workers_setup_status` (the worker's readiness), that `LitServer.run` binds its socket with
 uvicorn's `Config.bind_socket` (replaced to add SO_REUSEPORT, so worker processes share the port) and
 that the app's lifespan is LitServe's start-up (wrapped to learn when the server serves).
@@ -23,7 +24,6 @@ import contextlib
 import inspect
 import json
 import logging
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -66,7 +66,7 @@ def check_litserve() -> None:
     if not hasattr(LitAPIStatus, "OK") or not hasattr(WorkerSetupStatus, "READY"):
         problems.append("LitAPIStatus.OK / WorkerSetupStatus.READY are gone")
     src = inspect.getsource(ls.LitServer)
-    for name in ("_shutdown_event", "workers_setup_status", "healthcheck_path", "info_path"):
+    for name in ("_shutdown_event", "workers_setup_status", "inference_workers", "healthcheck_path", "info_path"):
         if name not in src:
             problems.append(f"LitServer no longer uses {name!r}")
     if "bind_socket" not in inspect.getsource(ls.LitServer.run):
@@ -90,20 +90,22 @@ class ClassifyAPI(ls.LitAPI):
     def __init__(self, models: dict[str, str], threads: int, int8: bool, spec: "ClassifyBatcher"):
         super().__init__(max_batch_size=1, spec=spec, api_path="/classify")
         self.model_paths, self.threads, self.int8 = models, threads, int8
-        # set by `stop_server` when the worker is done draining: from then on SIGTERM (LitServe's way of
-        # ending this process) ends it; before, a SIGTERM sent to the whole process group is not for it
-        self.stopping = mp.get_context("spawn").Event()
 
     def setup(self, device):
         # Ctrl-C, `kill -TERM -PGID` or systemd's control-group stop reach every process of the group at
         # once: this one is stopped by its worker, after the worker has drained, so it keeps classifying
-        # until then
+        # until `stop_server` sends SIGUSR1; after that SIGTERM (LitServe's way of ending it) ends it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        released = [False]
+
+        def on_release(signum, frame):
+            released[0] = True
 
         def on_term(signum, frame):
-            if self.stopping.is_set():
+            if released[0]:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGUSR1, on_release)
         signal.signal(signal.SIGTERM, on_term)
         self.last_work = [0.0]
         trim_when_idle(self.last_work)  # unpickled batches of long texts would otherwise stay in the heap
@@ -266,10 +268,17 @@ def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: 
     api = ClassifyAPI(classifiers, threads, int8, ClassifySpec(batcher))
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60,
                           healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
-    server.rnnserve_classify_api = api
     # LitServe answers GET / with "litserve running"; / is the playground's
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
     return server
+
+
+class _QuietThreadTerminate(logging.Filter):
+    """LitServe's shutdown calls `terminate()` on its uvicorn worker even when that is a thread (ours is),
+    and logs the AttributeError at ERROR level on every clean stop; that line says nothing to a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "object has no attribute 'terminate'" not in record.getMessage()
 
 
 def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = False, send_buffer: int = 0,
@@ -280,6 +289,7 @@ def run_server(server: ls.LitServer, host: str, port: int, reuse_port: bool = Fa
     `uvicorn_options` go to uvicorn.Config (LitServer.run passes them on)."""
     if reuse_port:
         _bind_with_reuse_port(send_buffer)
+    logging.getLogger("litserve.server").addFilter(_QuietThreadTerminate())
     server.run(host=host, port=port, num_api_servers=1, api_server_worker_type="thread",
                generate_client_file=False, log_level="warning", **uvicorn_options)
 
@@ -319,9 +329,9 @@ def on_serving(server: ls.LitServer, callback) -> None:
 
 
 def stop_server(server: ls.LitServer) -> None:
-    api = getattr(server, "rnnserve_classify_api", None)
-    if api is not None:
-        api.stopping.set()  # LitServe's SIGTERM to the classifier's process now ends it
+    for proc in server.inference_workers:  # the classifier's process: LitServe's SIGTERM now ends it
+        if proc.pid and proc.is_alive():
+            os.kill(proc.pid, signal.SIGUSR1)  # before it has set its handler, this ends it just the same
     server._shutdown_event.set()
 
 

@@ -39,6 +39,17 @@ def session(concurrency: int, timeout: float) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=timeout))
 
 
+async def timed(request, latencies: list[float]) -> bool:
+    """Send one request and read its whole answer; a 200's latency joins `latencies`. Whether it was a 200."""
+    t = time.perf_counter()
+    async with request as r:
+        await r.read()
+        ok = r.status == 200
+    if ok:
+        latencies.append(time.perf_counter() - t)
+    return ok
+
+
 async def one_stream(client: aiohttp.ClientSession, url: str, body: dict) -> dict:
     t0 = time.perf_counter()
     ttft, last, gaps, tokens, events = None, None, [], 0, 0
@@ -119,13 +130,7 @@ async def classify(url: str, concurrency: int, seconds: float, texts: list[str])
             nonlocal fails
             rng = random.Random(i)
             while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with client.post(url + "/classify", json={"text": rng.choice(texts)}) as r:
-                    await r.read()
-                    ok = r.status == 200
-                if ok:
-                    lat.append(time.perf_counter() - t)
-                else:
+                if not await timed(client.post(url + "/classify", json={"text": rng.choice(texts)}), lat):
                     fails += 1
 
         t0 = time.perf_counter()
@@ -180,14 +185,9 @@ async def turns(url: str, concurrency: int, seconds: float, tokens: int) -> dict
             async with client.post(url + "/sessions", json={}) as r:
                 sid = (await r.json())["session_id"]
             while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with client.post(url + "/generate", json={"prompt": " and", "max_tokens": tokens, "stream": False,
-                                                                "session_id": sid, "temperature": 0}) as r:
-                    await r.read()
-                    ok = r.status == 200
-                if ok:
-                    lat.append(time.perf_counter() - t)
-                else:
+                if not await timed(client.post(url + "/generate", json={
+                        "prompt": " and", "max_tokens": tokens, "stream": False, "session_id": sid,
+                        "temperature": 0}), lat):
                     fails += 1
             async with client.delete(f"{url}/sessions/{sid}") as r:
                 await r.read()

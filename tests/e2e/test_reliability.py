@@ -1,7 +1,6 @@
 """A service that survives overload, disconnects, faults, restarts and bad input (real server, 127.0.0.1)."""
 import asyncio
 import json
-import signal
 import time
 
 import httpx

@@ -123,15 +123,16 @@ def serve_worker(config: Config, worker: Worker) -> None:
     on_serving(server, lambda loop: (runtime.attach(loop), serving.set()))
     trim = MemoryTrimmer()
 
-    has_served = [False]
+    started = [False]
 
     def beat() -> dict:
         status = runtime.status()
         trim(busy=bool(status["active"] or status["queued"] or routes.batcher.in_flight))
-        healthy = serving.is_set() and runtime.healthy() and worker_ready(server)
-        has_served[0] = has_served[0] or healthy
-        # `served`: healthy at some beat, so being unhealthy now is a failure, not a slow start
-        return {**status, "healthy": healthy, "served": has_served[0]}
+        ready = serving.is_set() and worker_ready(server)
+        # `served` (sticky): start-up is over, so being unhealthy from now on is a failure, not a slow start
+        # (an engine may die between two beats, before any beat said healthy)
+        started[0] = started[0] or ready
+        return {**status, "healthy": ready and runtime.healthy(), "served": started[0]}
     board.beat_forever(beat)
     stopping = threading.Event()
     main_pid = os.getpid()

@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .artifact import ArtifactError, read_manifest
-from .board import Board
+from .board import Board, pid_alive
 from .config import Config, resolve_models, session_url, workers as worker_count
 from .sessions import SessionError, dumpfile, open_store
 
@@ -123,7 +123,8 @@ class Supervisor:
                 raise StartError(e.message) from None
             import_dump(self.store, c)
             self._release_dead_holders()
-        self.run_dir = tempfile.mkdtemp(prefix="rnnserve-run-")
+        remove_dead_run_dirs()
+        self.run_dir = tempfile.mkdtemp(prefix=f"rnnserve-run-{os.getpid()}-")
         os.mkdir(Path(self.run_dir) / "metrics")
 
     def _release_dead_holders(self) -> None:
@@ -242,6 +243,24 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def remove_dead_run_dirs(quiet_for: float = 60.0) -> None:
+    """Run folders (heartbeats, metric files) of supervisors that were killed (-9, OOM) and could not remove
+    their own: the folder's name carries its supervisor's pid, and nothing in it has changed for `quiet_for`
+    seconds (live workers rewrite their heartbeat twice a second; the pid alone could belong to another pid
+    namespace sharing this /tmp)."""
+    now = time.time()
+    for d in Path(tempfile.gettempdir()).glob("rnnserve-run-*-*"):
+        pid = d.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        try:
+            newest = max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.rglob("*")])
+        except OSError:
+            continue
+        if now - newest > quiet_for:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _kill_orphans(keep: set[int]) -> None:

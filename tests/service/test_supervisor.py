@@ -58,3 +58,22 @@ def test_a_draining_worker_is_left_to_finish(watched):
         beat(healthy=True, served=True, draining=True)
         sup.watch_health()
     assert proc.poll() is None
+
+
+def test_run_folders_of_killed_supervisors_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(S.tempfile, "tempdir", str(tmp_path))
+    alive = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        for pid in (alive.pid, dead.pid):
+            (tmp_path / f"rnnserve-run-{pid}-x1y2" / "workers").mkdir(parents=True)
+        (tmp_path / "rnnserve-run-abc").mkdir()  # not ours to judge
+        S.remove_dead_run_dirs()  # the dead one's folder changed just now: perhaps another pid namespace's
+        assert len(list(tmp_path.iterdir())) == 3
+        S.remove_dead_run_dirs(quiet_for=-1)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"rnnserve-run-{alive.pid}-x1y2",
+                                                                      "rnnserve-run-abc"])
+    finally:
+        alive.kill()
+        alive.wait()

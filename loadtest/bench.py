@@ -231,7 +231,8 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     res["raw"] = raw_ort(artifact, [1, 8, 32, 64, 128], 0.5 if quick else 2.0)
     best_threads = res["raw"]["best"][64]["threads"]
     res["classify_model"] = classify_model_speed(REPO / "models" / "langid", 0.5 if quick else 2.0, best_threads)
-    res["classifier"] = json.loads((REPO / "models" / "langid" / "model.json").read_text())
+    from service.artifact import read_manifest
+    res["classifier"] = read_manifest(REPO / "models" / "langid")
 
     print("2/7 rnnserve, streaming clients", flush=True)
     state = tempfile.mkdtemp(prefix="rnnserve-bench-")  # the bench's sessions never land in the repository
@@ -310,8 +311,8 @@ def store_file_bytes(path: str) -> int:
 def session_memory(srv: Proc, n: int, rss0: float) -> dict:
     import httpx
     with httpx.Client(timeout=60) as c:
-        per = c.get(srv.url + "/info").json()["sessions"]["bytes_per_session"]
-        db = c.get(srv.url + "/info").json()["store"].get("path")
+        info = c.get(srv.url + "/info").json()
+        per, db = info["sessions"]["bytes_per_session"], info["store"].get("path")
         disk0 = store_file_bytes(db) if db else 0
         before = srv.rss_mb()
         for i in range(n):

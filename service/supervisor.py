@@ -203,9 +203,11 @@ class Supervisor:
             if w["up"]:
                 self.last_up[i] = now
                 continue
-            if w.get("served") and not w.get("draining"):
+            if w.get("draining"):
+                continue
+            if w.get("served"):
                 self.last_up.setdefault(i, now)  # down since at least now
-            if i in self.last_up and not w.get("draining") and now - self.last_up[i] > UNHEALTHY_RESTART_S:
+            if i in self.last_up and now - self.last_up[i] > UNHEALTHY_RESTART_S:
                 log.error(json.dumps({"event": "worker_unhealthy", "worker": i, "pid": p.pid, "why": w.get("why")}))
                 del self.last_up[i]
                 p.send_signal(signal.SIGTERM)

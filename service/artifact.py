@@ -17,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 SUPPORTED_FORMAT = 1
+DEFAULT_MAX_CHARS = 400  # characters of one window a classifier reads when its manifest does not say (`max_chars`)
+READ_WINDOWS = 4         # a longer text is read in up to this many windows of `max_chars` (service/classifier.py)
 REQUIRED_KEYS = ("format_version", "kind", "cell", "layers", "hidden", "vocab_size", "bidirectional",
                  "inputs", "outputs", "pad_id", "unk_id", "onnx_sha256", "opset")
 # The graph's input and output names by (kind, cell): the contract of docs/artifact.md, written once.
@@ -143,7 +145,13 @@ class Artifact:
                 "hidden": m["hidden"], "vocab_size": m["vocab_size"], "labels": m.get("labels"),
                 "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
                 "metrics": m.get("metrics"), "state_bytes": self.state_bytes if m["kind"] == "lm" else None,
-                "max_chars": (m.get("max_chars") or 400) if m["kind"] == "classifier" else None}
+                **({"max_chars": self.window_chars, "read_chars": self.window_chars * READ_WINDOWS}
+                   if m["kind"] == "classifier" else {"max_chars": None, "read_chars": None})}
+
+    @property
+    def window_chars(self) -> int:
+        """Characters a classifier reads at once: what it was trained on (the manifest's `max_chars`)."""
+        return int(self.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
 
 
 def read_manifest(folder: Path) -> dict:

@@ -2,19 +2,46 @@
 
 This is the one path from texts to probabilities: the /classify worker, `rnnserve eval` and the
 benchmark's model-alone figures all go through `classify_texts`.
+
+A classifier is trained on texts of at most `max_chars` characters (its manifest says). A longer text is
+read in windows of at most that many characters, cut between words, up to READ_WINDOWS windows; their
+log-probabilities, weighted by window length, are averaged (a product of the windows' answers, as a
+character n-gram identifier scores a whole text). A text longer than that is read up to the limit only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .artifact import Artifact
-
-DEFAULT_MAX_CHARS = 400  # characters a classifier reads when its manifest does not say (`max_chars`)
+from .artifact import READ_WINDOWS, Artifact
 
 
 def max_chars(art: Artifact) -> int:
-    """Characters of each text the classifier reads: what it was trained on (the manifest's `max_chars`)."""
-    return int(art.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
+    """Characters of one window: what the classifier was trained on (the manifest's `max_chars`)."""
+    return art.window_chars
+
+
+def read_chars(art: Artifact) -> int:
+    """Characters of a text the classifier reads in all: READ_WINDOWS windows."""
+    return art.window_chars * READ_WINDOWS
+
+
+def windows(text: str, n: int, most: int = READ_WINDOWS) -> list[str]:
+    """`text` (its first n x most characters) as the fewest windows of at most n characters, of even
+    lengths, each cut at a space (dropped) where one lies in the second half of its share. A text of at most
+    n characters is one window, as it is."""
+    text = text[: n * most]
+    k = max(1, -(-len(text) // n))
+    out, pos = [], 0
+    for left in range(k, 1, -1):
+        rest = len(text) - pos
+        end = nxt = pos + -(-rest // left)  # an even share of what is left: at most n
+        space = text.rfind(" ", pos + (end - pos) // 2, end + 1)
+        if space > pos and len(text) - space - 1 <= (left - 1) * n:  # what follows still fits the others
+            end, nxt = space, space + 1
+        out.append(text[pos:end])
+        pos = nxt
+    out.append(text[pos:])
+    return out
 
 
 MAX_CALL_TOKENS = 8192  # rows x padded length of one call: bounds the memory a call takes (a 256 x 400 call held
@@ -39,17 +66,26 @@ def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack:
 
 
 def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
-    """Class probabilities for any number of texts, in input order: length-sorted, bucketed calls."""
-    out: list = [None] * len(texts)
+    """Class probabilities for any number of texts, in input order: every window of every text in
+    length-sorted, bucketed calls; a text's windows combined by their length-weighted mean log-probability."""
     n = max_chars(art)
-    for chunk in length_buckets(sorted((min(len(t), n), i) for i, t in enumerate(texts))):
-        for (_, i), p in zip(chunk, classify_batch(art, [texts[i] for _, i in chunk])):
-            out[i] = p
-    return out
+    pieces = [(w, i) for i, t in enumerate(texts) for w in windows(t, n)]
+    logp = np.zeros((len(pieces), len(art.labels)))
+    for chunk in length_buckets(sorted((len(w), j) for j, (w, _) in enumerate(pieces))):
+        probs = classify_batch(art, [pieces[j][0] for _, j in chunk])
+        logp[[j for _, j in chunk]] = np.log(np.maximum(probs, 1e-30))
+    weight = np.array([max(1, len(w)) for w, _ in pieces], dtype=np.float64)
+    owner = np.array([i for _, i in pieces], dtype=np.int64)
+    total = np.zeros((len(texts), logp.shape[1]))
+    np.add.at(total, owner, logp * weight[:, None])
+    total /= np.bincount(owner, weights=weight, minlength=len(texts))[:, None]
+    e = np.exp(total - total.max(1, keepdims=True))
+    return list(e / e.sum(1, keepdims=True))
 
 
 def classify_batch(art: Artifact, texts: list[str]) -> np.ndarray:
-    """Class probabilities for a list of texts (one padded ORT call), each read up to `max_chars(art)`."""
+    """Class probabilities for a list of texts (one padded ORT call), each read up to `max_chars(art)`:
+    one window each."""
     n = max_chars(art)
     seqs = [art.tokenizer.encode(t[:n]) or [art.tokenizer.unk_id] for t in texts]
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)

@@ -43,7 +43,7 @@ except ImportError as e:  # pragma: no cover — only with an untested LitServe
                       f"{ls.__version__} lacks what it uses: {e}") from e
 
 from .artifact import load_artifact, read_manifest
-from .classifier import classify_texts, max_chars
+from .classifier import classify_texts, read_chars
 from .errors import RequestError
 from .memory import trim_when_idle
 
@@ -131,7 +131,7 @@ class ClassifyAPI(ls.LitAPI):
 
     def _body(self, r: dict, probs: list) -> bytes:
         art = self.models[r["model"]]
-        labels, n = art.labels, max_chars(art)
+        labels, n = art.labels, read_chars(art)
         items = [{"label": labels[int(p.argmax())], "scores": {l: round(float(v), 6) for l, v in zip(labels, p)},
                   "truncated": len(t) > n}  # the model read only the first n characters
                  for p, t in zip(probs, r["texts"])]

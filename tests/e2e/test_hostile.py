@@ -77,7 +77,7 @@ def test_classify_work_is_bounded_and_answered_503(strict):
     assert all(r.headers["retry-after"] == "1" and "classification queue full" in r.json()["error"]["message"]
                for r in refused)
     ok = next(r for r in rs if r.status_code == 200).json()["results"]
-    assert len(ok) == 256 and all(x["truncated"] for x in ok)  # 3,500 characters: past what the model reads
+    assert len(ok) == 256 and all(x["truncated"] for x in ok)  # 3,500 characters: past the 1,600 the model reads
 
 
 def test_classify_work_of_clients_that_left_is_dropped(strict):
@@ -319,7 +319,8 @@ def test_the_api_key_is_compared_in_constant_time(monkeypatch):
 
 def test_classify_reports_truncation_and_the_limit(strict):
     info = httpx.get(strict.url + "/info").json()
-    n = info["models"]["tinyclf"]["max_chars"]
+    n = info["models"]["tinyclf"]["read_chars"]
+    assert n == 4 * info["models"]["tinyclf"]["max_chars"]
     r = httpx.post(strict.url + "/classify", json={"texts": ["a" * n, "a" * (n + 1)]}).json()["results"]
     assert [x["truncated"] for x in r] == [False, True]
 

@@ -39,7 +39,7 @@ model-packages:
 models: $(VENV)/.dev
 	$(BIN)/python -m export.build_models
 
-# The identifier on domains it never saw: one run per left-out domain, beside langid.py (~32 min).
+# The identifier on domains it never saw: one run per left-out domain, trained as the bundled model, beside langid.py (~80 min).
 langid-report: $(VENV)/.dev
 	$(BIN)/python -m export.langid_report
 

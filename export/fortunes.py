@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import random
 import re
-from collections import Counter
 from pathlib import Path
 
 from .data import DataError, split_fortunes
@@ -118,45 +117,3 @@ def write_csv(path: Path, rows) -> None:
         w = csv.writer(f)
         w.writerow(["label", "text"])
         w.writerows(rows)
-
-
-def langid_dataset(out: Path, seed: int = 0, per_lang_train: int = 12000, per_lang_val: int = 600,
-                   root: Path = ROOT) -> dict:
-    """Balanced snippets for training; held-out entries for testing.
-
-    Entries are split per language (80% train, 10% validation, 10% test) before
-    any snippet is cut, so no test text was seen in any form. Every language
-    gives the same number of training snippets however large its corpus (the
-    corpora differ by about 10x): small ones contribute more snippets per entry."""
-    rng = random.Random(seed)
-    report: dict = {"entries": {}, "train_entries": {}}
-    train, val, test_full, test_short = [], [], [], []
-    for lang in LANGS:
-        entries = [e for e in read_entries(lang, root, report) if len(flat(e)) >= 20]
-        rng.shuffle(entries)
-        n = len(entries)
-        tr, va, te = entries[: int(n * 0.8)], entries[int(n * 0.8): int(n * 0.9)], entries[int(n * 0.9):]
-        report["entries"][lang] = n
-        report["train_entries"][lang] = len(tr)
-        for pool, target, k in ((tr, train, per_lang_train), (va, val, per_lang_val)):
-            made = 0
-            while made < k:
-                s = snippet(flat(rng.choice(pool)), rng)
-                if s:
-                    target.append((lang, s))
-                    made += 1
-        test_full += [(lang, flat(e)) for e in te]
-        short = 0
-        for e in te * 3:
-            s = snippet(flat(e), rng, 20, 40)
-            if s and short < 300:
-                test_short.append((lang, s))
-                short += 1
-    rng.shuffle(train)
-    write_csv(out / "train.csv", train)
-    write_csv(out / "val.csv", val)
-    write_csv(out / "test_full.csv", test_full)
-    write_csv(out / "test_short.csv", test_short)
-    report.update(train=len(train), val=len(val), test_full=len(test_full), test_short=len(test_short),
-                  test_full_by_lang=dict(Counter(l for l, _ in test_full)))
-    return report

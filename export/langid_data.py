@@ -10,10 +10,16 @@ Domains and where they come from (docs/models.md lists packages, licences and si
   so are code-like lines.
 - `docs`: the Debian Administrator's Handbook (`debian-handbook`, all eight languages) and the Debian
   installation guide (`installation-guide-amd64`, seven: no Polish). HTML paragraphs, list items and table
-  cells; a paragraph that also occurs in the English edition of the same page is untranslated and dropped.
+  cells with their inline code (commands, file names, options: technical text reads like that); blocks of
+  code and screen output dropped; a paragraph that also occurs in the English edition of the same page is
+  untranslated and dropped.
 - `words`: spelling dictionaries' word lists (`wamerican`, `wngerman`, `wspanish`, `witalian`,
   `wportuguese`, `wbrazilian`, `wpolish`; Russian and Czech from `hunspell-ru` and `hunspell-cs`, affix
   flags removed): one to three random words, the shortest inputs a user sends.
+
+Technical tokens — options, identifiers, paths, addresses, key=value — are spelt the same in every
+language. One training snippet in eight gets one or two of them, made from English words of the word list's
+training split (`Technical`), so that the model learns they say nothing about the language around them.
 
 Translation catalogues (.po/.mo) are never read: that family of text is kept for judging the model.
 Each unit (a fortune, a man page, a handbook page, a word) belongs to one split only — train, validation
@@ -187,7 +193,7 @@ def manpage_units(lang: str, english: dict | None = None, limit: int = 1500) -> 
 
 class _Paragraphs(html.parser.HTMLParser):
     BLOCKS = {"p", "li", "td", "th", "dd", "dt", "h1", "h2", "h3", "h4", "title", "caption"}
-    SKIP = {"pre", "code", "script", "style", "tt", "kbd", "samp", "screen"}
+    SKIP = {"pre", "script", "style", "screen"}  # blocks of code and screen output; inline code is kept
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -268,6 +274,35 @@ def word_units(lang: str, rng: random.Random, n: int = 6000) -> dict[str, list[s
     return units
 
 
+class Technical:
+    """Technical tokens made from English words: `--dry-run`, `-v`, `MAX_PATH`, `/usr/share/doc`,
+    `name@example.org`, `https://www.example.org/help`, `file.conf`, `mode=fast`, `getValue()`."""
+
+    FORMS = ("--{a}-{b}", "--{a}", "-{c}", "--{a}={B}", "{A}_{B}", "/usr/{a}/{b}", "~/.{a}/{b}",
+             "{a}@{b}.org", "https://www.{a}.com/{b}", "{a}.conf", "{a}_{b}.py", "{a}={b}", "{a}{Bc}()",
+             "<{a}>", "[{A}]", "{a}-{b}-{n}")
+
+    def __init__(self, pool: list[str]):
+        self.words = sorted({w.lower() for w in pool if w.isascii() and w.isalpha() and 3 <= len(w) <= 9})
+
+    @classmethod
+    def from_word_list(cls) -> "Technical":
+        """From the English word list's training split (no word the `words` test texts hold)."""
+        return cls([w for w in words("en") if split_of("word/" + w) == "train"])
+
+    def token(self, rng: random.Random) -> str:
+        a, b = rng.choice(self.words), rng.choice(self.words)
+        return rng.choice(self.FORMS).format(a=a, b=b, A=a.upper(), B=b.upper(), Bc=b.capitalize(),
+                                             c=rng.choice("abcdefhlnqrsvx"), n=rng.randint(0, 99))
+
+    def insert(self, text: str, rng: random.Random) -> str:
+        """`text` with one or two tokens put between its words."""
+        words_ = text.split()
+        for _ in range(rng.choice((1, 1, 2))):
+            words_.insert(rng.randint(0, len(words_)), self.token(rng))
+        return " ".join(words_)
+
+
 # ------------------------------------------------------------------------------------------------ all of it
 
 def units(domain: str, lang: str, rng: random.Random) -> dict[str, list[str]]:
@@ -305,12 +340,15 @@ def recase(text: str, rng: random.Random) -> str:
 
 
 def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 4000, per_cell_val: int = 250,
-          per_cell_test: int = 300, test_domains: list[str] | None = None, longest: int = 120) -> dict:
+          per_cell_test: int = 300, test_domains: list[str] | None = None, longest: int = 120,
+          tech: Technical | None = None) -> dict:
     """CSV files under `out`: train.csv and val.csv from `domains` (per language and domain the same number of
-    samples: a word-bounded snippet of 20-`longest` characters, and as many crops of 10-60 characters), and
+    samples: a word-bounded snippet of 20-`longest` characters, one in eight with technical tokens put in,
+    and as many crops of 10-60 characters), and
     test_<domain>.csv for every domain in `test_domains` (default: all): snippets of 20-300 characters (word
     groups for `words`) from units no training file saw."""
     rng = random.Random(seed)
+    tech = tech or Technical.from_word_list()
     report: dict = {"domains": domains, "cells": {}}
     train, val, tests = [], [], {d: [] for d in (test_domains or DOMAINS)}
     for dom in DOMAINS:
@@ -322,7 +360,7 @@ def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 4000, pe
                 pools[split_name(dom, name, seed)] += texts
             report["cells"][f"{dom}/{lang}"] = {k: len(v) for k, v in pools.items()}
 
-            def draw(pool, k, lo, hi):
+            def draw(pool, k, lo, hi, rng):
                 made, tries = [], 0
                 while len(made) < k and pool and tries < 50 * k:
                     tries += 1
@@ -332,11 +370,16 @@ def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 4000, pe
                         made.append(s)
                 return made
             if dom in domains:
-                for s in draw(pools["train"], per_cell, 20, longest):
-                    train += [(lang, recase(s, rng)), (lang, crop(s, rng))]
-                val += [(lang, s) for s in draw(pools["val"], per_cell_val, 20, longest)]
+                for s in draw(pools["train"], per_cell, 20, longest, rng):
+                    t = tech.insert(s, rng) if dom != "words" and rng.random() < 0.125 else s
+                    train += [(lang, recase(t, rng)), (lang, crop(s, rng))]
+                val += [(lang, s) for s in draw(pools["val"], per_cell_val, 20, longest,
+                                                random.Random(f"{seed}/val/{dom}/{lang}"))]
             if dom in tests:
-                tests[dom] += [(lang, s) for s in draw(pools["test"], per_cell_test, 20, 300)]
+                # the test texts of a domain depend on nothing else: not on the training recipe, nor on which
+                # domains are trained
+                tests[dom] += [(lang, s) for s in draw(pools["test"], per_cell_test, 20, 300,
+                                                       random.Random(f"{seed}/test/{dom}/{lang}"))]
     rng.shuffle(train)
     F.write_csv(out / "train.csv", train)
     F.write_csv(out / "val.csv", val)

@@ -1,5 +1,4 @@
 """Fortune-file preparation for the bundled models, on a small fake fortune tree."""
-import csv
 import random
 
 from export import fortunes as F
@@ -44,22 +43,3 @@ def test_snippets_cut_at_word_boundaries_within_bounds():
         assert 20 <= len(s) <= 60
         assert all(w.startswith("word") and w[4:].isdigit() for w in s.split())
     assert F.snippet("too short", rng) is None
-
-
-def test_langid_dataset_is_balanced(tmp_path):
-    root = tmp_path / "fortunes"
-    make_tree(root)
-    for lang in ("de", "es", "it", "ru", "cs"):
-        (root / lang / "more").write_text("".join(f"{lang} entry number {i} with enough words in it\n%\n"
-                                                  for i in range(30)), encoding="utf-8")
-    (root / "pl" / "more").write_text("".join(f"pl zdanie numer {i} ma dosyć dużo słów\n%\n" for i in range(30)),
-                                      encoding="utf-8")
-    (root / "people").write_text("".join(f"en entry number {i} with enough words\n%\n" for i in range(30)))
-    (root / "brasil").write_text("".join(f"pt frase número {i} com bastante palavras\n%\n" for i in range(30)))
-    report = F.langid_dataset(tmp_path / "out", seed=1, per_lang_train=50, per_lang_val=10, root=root)
-    rows = list(csv.DictReader(open(tmp_path / "out" / "train.csv", encoding="utf-8")))
-    counts = {l: sum(r["label"] == l for r in rows) for l in F.LANGS}
-    assert set(counts.values()) == {50} and report["train"] == 400
-    test = {r["text"] for r in csv.DictReader(open(tmp_path / "out" / "test_full.csv", encoding="utf-8"))}
-    leaked = [t for t in test if any(t in r["text"] for r in rows)]
-    assert not leaked, leaked  # held-out entries never feed training

@@ -145,13 +145,18 @@ class Artifact:
                 "hidden": m["hidden"], "vocab_size": m["vocab_size"], "labels": m.get("labels"),
                 "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
                 "metrics": m.get("metrics"), "state_bytes": self.state_bytes if m["kind"] == "lm" else None,
-                **({"max_chars": self.window_chars, "read_chars": self.window_chars * READ_WINDOWS}
+                **({"max_chars": self.window_chars, "read_chars": self.read_chars}
                    if m["kind"] == "classifier" else {"max_chars": None, "read_chars": None})}
 
     @property
     def window_chars(self) -> int:
         """Characters a classifier reads at once: what it was trained on (the manifest's `max_chars`)."""
         return int(self.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
+
+    @property
+    def read_chars(self) -> int:
+        """Characters of one text a classifier reads in all: READ_WINDOWS windows."""
+        return self.window_chars * READ_WINDOWS
 
 
 def read_manifest(folder: Path) -> dict:

@@ -22,7 +22,7 @@ def max_chars(art: Artifact) -> int:
 
 def read_chars(art: Artifact) -> int:
     """Characters of a text the classifier reads in all: READ_WINDOWS windows."""
-    return art.window_chars * READ_WINDOWS
+    return art.read_chars
 
 
 def windows(text: str, n: int, most: int = READ_WINDOWS) -> list[str]:

@@ -18,8 +18,8 @@ Domains and where they come from (docs/models.md lists packages, licences and si
   flags removed): one to three random words, the shortest inputs a user sends.
 
 Technical tokens — options, identifiers, paths, addresses, key=value — are spelt the same in every
-language. One training snippet in eight gets one or two of them, made from English words of the word list's
-training split (`Technical`), so that the model learns they say nothing about the language around them.
+language. One training snippet in eight gets one or two of them, made from words of all eight word lists'
+training splits (`Technical`), so that the model learns they say nothing about the language around them.
 
 Translation catalogues (.po/.mo) are never read: that family of text is kept for judging the model.
 Each unit (a fortune, a man page, a handbook page, a word) belongs to one split only — train, validation
@@ -275,20 +275,23 @@ def word_units(lang: str, rng: random.Random, n: int = 6000) -> dict[str, list[s
 
 
 class Technical:
-    """Technical tokens made from English words: `--dry-run`, `-v`, `MAX_PATH`, `/usr/share/doc`,
-    `name@example.org`, `https://www.example.org/help`, `file.conf`, `mode=fast`, `getValue()`."""
+    """Technical tokens made from words: `--dry-run`, `-v`, `MAX_PATH`, `/usr/share/doc`,
+    `name@example.org`, `https://www.example.org/help`, `file.conf`, `mode=fast`, `getValue()` — and the same
+    shapes of German, Russian or Czech words, as translated software and documentation have them."""
 
     FORMS = ("--{a}-{b}", "--{a}", "-{c}", "--{a}={B}", "{A}_{B}", "/usr/{a}/{b}", "~/.{a}/{b}",
              "{a}@{b}.org", "https://www.{a}.com/{b}", "{a}.conf", "{a}_{b}.py", "{a}={b}", "{a}{Bc}()",
              "<{a}>", "[{A}]", "{a}-{b}-{n}")
 
     def __init__(self, pool: list[str]):
-        self.words = sorted({w.lower() for w in pool if w.isascii() and w.isalpha() and 3 <= len(w) <= 9})
+        self.words = sorted({w.lower() for w in pool if w.isalpha() and 3 <= len(w) <= 9})
 
     @classmethod
     def from_word_list(cls) -> "Technical":
-        """From the English word list's training split (no word the `words` test texts hold)."""
-        return cls([w for w in words("en") if split_of("word/" + w) == "train"])
+        """From the training split of all eight word lists (no word the `words` test texts hold). Every language's
+        words, not English only: translated software names its options and files in its own language too, and
+        tokens of English words alone put English words into every language's training text."""
+        return cls([w for lang in LANGS for w in words(lang) if split_of("word/" + w) == "train"])
 
     def token(self, rng: random.Random) -> str:
         a, b = rng.choice(self.words), rng.choice(self.words)

@@ -302,26 +302,33 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return x, lengths
 
 
-def bucket_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Indices grouped into batches of similar length, in random order."""
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
+    """Indices in batches: first of texts of one length (no padding, so the classifier skips packing, about
+    four times faster on CPU), then what is left over of every length, sorted by length so that batches pad
+    little. With `rng`, the texts and the batches are shuffled (training); without, in length order."""
     order = list(range(len(lengths)))
-    rng.shuffle(order)
-    pool = batch_size * 50  # sort within pools so batches stay random across epochs
-    batches = []
-    for i in range(0, len(order), pool):
-        chunk = sorted(order[i:i + pool], key=lambda j: lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
+    if rng:
+        rng.shuffle(order)
+    by_length: dict[int, list[int]] = {}
+    for i in order:
+        by_length.setdefault(lengths[i], []).append(i)
+    batches, rest = [], []
+    for n in sorted(by_length):
+        group = by_length[n]
+        full = len(group) - len(group) % batch_size
+        batches += [group[k:k + batch_size] for k in range(0, full, batch_size)]
+        rest += group[full:]
+    batches += [rest[k:k + batch_size] for k in range(0, len(rest), batch_size)]
+    if rng:
+        rng.shuffle(batches)
     return batches
 
 
 @torch.no_grad()
 def predict(model: Classifier, seqs: list[list[int]], pad_id: int, batch_size: int = 256) -> list[int]:
     model.eval()
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     preds = [0] * len(seqs)
-    for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
+    for idx in length_batches([len(s) for s in seqs], batch_size):
         x, lengths = pad_batch([seqs[i] for i in idx], pad_id)
         for i, p in zip(idx, model(x, lengths).argmax(1).tolist()):
             preds[i] = p
@@ -379,7 +386,7 @@ def train_classifier(a: ClassifierArgs) -> dict:
     batches: list[list[int]] = []
     while not sched.done(step):
         if not batches:
-            batches = bucket_batches(lengths, a.batch_size, rng)
+            batches = length_batches(lengths, a.batch_size, rng)
         idx = batches.pop()
         x, lens = pad_batch([xs[i] for i in idx], tok.pad_id)
         y = torch.tensor([ys[i] for i in idx])

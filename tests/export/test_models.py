@@ -41,6 +41,35 @@ def test_classifier_padding_invariance(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_classifier_equal_length_batch_skips_packing_with_the_same_result(cell):
+    """A batch of texts that all fill the time axis runs unpacked (faster); logits and gradients are those of
+    the packed path, which a longer text in the batch forces."""
+    torch.manual_seed(1)
+    clf = Classifier(30, 4, cell, hidden_size=12, embed_dim=8, dropout=0.0)
+    same = torch.randint(1, 30, (3, 5))
+    longer = torch.cat([torch.cat([same, torch.zeros(3, 2, dtype=torch.long)], 1), torch.randint(1, 30, (1, 7))])
+    fast = clf(same, torch.tensor([5, 5, 5]))
+    packed = clf(longer, torch.tensor([5, 5, 5, 7]))[:3]
+    assert torch.allclose(fast, packed, atol=1e-6)
+    g_fast = torch.autograd.grad(fast.sum(), clf.rnn.weight_hh_l0)[0]
+    g_packed = torch.autograd.grad(clf(longer, torch.tensor([5, 5, 5, 7]))[:3].sum(), clf.rnn.weight_hh_l0)[0]
+    assert torch.allclose(g_fast, g_packed, atol=1e-5)
+
+
+def test_length_batches_put_equal_lengths_together_and_every_text_once():
+    import random
+
+    from export.train import length_batches
+    lengths = [3] * 10 + [4] * 7 + [5] * 2 + [9]
+    batches = length_batches(lengths, 4, random.Random(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths))) and all(1 <= len(b) <= 4 for b in batches)
+    uniform = [b for b in batches if len({lengths[i] for i in b}) == 1 and len(b) == 4]
+    assert len(uniform) == 2 + 1  # two full batches of length 3, one of length 4; the rest mixed, length-sorted
+    assert length_batches(lengths, 4) == length_batches(lengths, 4)  # no rng: a fixed order
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_generation_carries_state(cell):
     """N tokens in one call equal the same tokens generated over two calls with the state passed on."""
     torch.manual_seed(0)

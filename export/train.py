@@ -4,7 +4,9 @@ Language models train with truncated backpropagation through time: the text
 is laid out as `batch_size` contiguous streams, read `seq_len` characters at a
 time, and the (detached) state is carried from one chunk to the next, so the
 model sees context longer than one chunk. Classifiers train on batches of
-similar length (length buckets), so little compute goes into padding.
+texts of one length where there are enough of them (no padding, and the model
+then skips packing, which PyTorch runs about four times slower on CPU), the
+rest in length-sorted batches, so little compute goes into padding.
 
 A run folder holds `checkpoint.pt` (state dict + JSON config, loadable with
 `torch.load(weights_only=True)`), `tokenizer.json` and `metrics.json`.

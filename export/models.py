@@ -151,11 +151,9 @@ class Classifier(nn.Module):
         CPU path is about four times slower (training groups texts of equal length for this, see
         export/train.py `length_batches`). Export traces the packed path, whatever the example."""
         x = self.embed(tokens)
-        if not torch.jit.is_tracing() and bool((lengths == tokens.shape[1]).all()):
-            _, state = self.rnn(x, self.init_state(tokens.shape[0], tokens.device))
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, state = self.rnn(packed, self.init_state(tokens.shape[0], tokens.device))
+        if torch.jit.is_tracing() or not bool((lengths == tokens.shape[1]).all()):
+            x = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, state = self.rnn(x, self.init_state(tokens.shape[0], tokens.device))
         h = state[0] if self.cell == "lstm" else state
         # h: (layers * 2, batch, hidden); the last layer's forward and backward are the last two rows.
         return self.out(self.drop(torch.cat([h[-2], h[-1]], dim=1)))

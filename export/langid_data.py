@@ -4,10 +4,10 @@ bundled language identifier (`make models`, `make langid-report`).
 Domains and where they come from (docs/models.md lists packages, licences and sizes):
 
 - `fortunes`: the fortune files (export/fortunes.py): quotations, jokes, verse.
-- `manpages`: translated manual pages (`manpages-de` ... `manpages-cs`, `manpages-pt-br`; English from
-  `manpages` and the installed pages). groff markup is stripped and its character escapes decoded;
-  paragraphs that also occur in the English page of the same name are untranslated remnants and dropped,
-  so are code-like lines.
+- `manpages`: translated manual pages (`manpages-de` ... `manpages-cs`, `manpages-pt-br`; in English the
+  installed originals of the pages those translate, from `manpages` and the tools' own packages). groff
+  markup is stripped and its character escapes decoded; paragraphs that also occur in the English page of
+  the same name are untranslated remnants and dropped, so are code-like lines.
 - `docs`: the Debian Administrator's Handbook (`debian-handbook`, all eight languages) and the Debian
   installation guide (`installation-guide-amd64`, seven: no Polish). HTML paragraphs, list items and table
   cells with their inline code (commands, file names, options: technical text reads like that); blocks of
@@ -172,12 +172,22 @@ def _read_man(path: Path) -> str:
     return ""
 
 
-def manpage_units(lang: str, english: dict | None = None, limit: int = 1500) -> dict[str, list[str]]:
-    """{page name: paragraphs} of one language's man pages; untranslated paragraphs dropped."""
-    root = MAN / MAN_DIRS[lang] if MAN_DIRS[lang] else MAN
-    pages = sorted(p for p in root.glob("man[1-8]/*") if p.is_file())
-    if lang == "en":  # thousands of pages: a fixed sample of them
-        pages = [p for p in pages if int(hashlib.sha1(p.name.encode()).hexdigest(), 16) % 6 == 0][:limit]
+def _man_pages(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("man[1-8]/*") if p.is_file())
+
+
+def manpage_units(lang: str) -> dict[str, list[str]]:
+    """{page name: paragraphs} of one language's man pages; untranslated paragraphs dropped.
+
+    English pages are the originals of the pages at least one other language translates: core tools, system
+    calls and file formats, the same kind of page as the translations, whatever else the machine has
+    installed (not all of /usr/share/man: on one VM image 16,631 of its 17,869 section-1 pages were one
+    cloud SDK's generated option reference, and English "manual pages" meant that SDK)."""
+    if lang == "en":
+        translated_names = {(p.parent.name, p.name) for d in MAN_DIRS.values() if d for p in _man_pages(MAN / d)}
+        pages = [MAN / sec / name for sec, name in sorted(translated_names) if (MAN / sec / name).is_file()]
+    else:
+        pages = _man_pages(MAN / MAN_DIRS[lang])
     units = {}
     for p in pages:
         paras = man_paragraphs(_read_man(p))

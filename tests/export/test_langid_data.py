@@ -35,6 +35,25 @@ def test_man_pages_are_read_as_running_text_without_markup_or_code():
     assert not any("grep" in p or p.startswith("-a") for p in paras)  # no-fill code and option words dropped
 
 
+def test_english_man_pages_are_the_originals_of_translated_pages(tmp_path, monkeypatch):
+    import gzip
+
+    def page(path, body):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(f".TH X 1\n.SH NAME\n{body}\n".encode()))
+    page(tmp_path / "man1/ls.1.gz", "List information about the files in the current directory, sorted.")
+    page(tmp_path / "man5/passwd.5.gz", "The password file holds one line for every user account there is.")
+    page(tmp_path / "man1/cloud-sdk-compute.1.gz", "Create Compute Engine virtual machine instances in a zone.")
+    page(tmp_path / "de/man1/ls.1.gz", "Informationen über die Dateien im aktuellen Verzeichnis auflisten.")
+    page(tmp_path / "pl/man5/passwd.5.gz", "Plik haseł zawiera po jednym wierszu dla każdego konta użytkownika.")
+    page(tmp_path / "pl/man1/only-translated.1.gz", "Strona, której angielskiego oryginału nie zainstalowano.")
+    monkeypatch.setattr(L, "MAN", tmp_path)
+    # pages no other language translates (an SDK's thousands of generated pages) are not English man pages
+    assert sorted(L.manpage_units("en")) == ["man/man1/ls.1.gz", "man/man5/passwd.5.gz"]
+    assert list(L.manpage_units("de")) == ["man/man1/ls.1.gz"]
+    assert sorted(L.manpage_units("pl")) == ["man/man1/only-translated.1.gz", "man/man5/passwd.5.gz"]
+
+
 def test_documentation_keeps_inline_code_and_drops_code_blocks(tmp_path):
     page = tmp_path / "apt.html"
     page.write_text(HTML, encoding="utf-8")

@@ -1,6 +1,7 @@
 """The language identifier's multi-domain data (export/langid_data.py), on small made-up pages and fortunes:
 no Debian package needed."""
 import csv
+import gzip
 import random
 import re
 
@@ -36,8 +37,6 @@ def test_man_pages_are_read_as_running_text_without_markup_or_code():
 
 
 def test_english_man_pages_are_the_originals_of_translated_pages(tmp_path, monkeypatch):
-    import gzip
-
     def page(path, body):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gzip.compress(f".TH X 1\n.SH NAME\n{body}\n".encode()))

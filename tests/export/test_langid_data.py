@@ -71,6 +71,22 @@ def test_untranslated_remnants_are_dropped():
                                             "Ein ganz und gar deutscher Absatz über die Arbeit."]
 
 
+ENGLISH = {"the", "of", "file", "each", "from", "trailing", "default", "command", "quality", "service", "a", "in"}
+OWN = {lang: set() for lang in L.LANGS if lang != "en"}
+OWN["es"] |= {"de", "la", "el", "archivo", "cada", "a", "en"}
+OWN["cs"] |= {"a", "soubor", "v"}
+
+
+def test_english_inside_another_languages_text_is_recognised():
+    inside = L.EnglishInside(ENGLISH, OWN)
+    assert inside("a trailing delim (default newline) from each", "es")  # cut from a half-translated page
+    assert inside("The apt-file Command", "cs")
+    assert not inside("el archivo de cada usuario, from the default", "es")  # mixed, mostly Spanish
+    assert not inside("Качество обслуживания - Quality of Service (или коротко QoS)", "ru")  # letters English lacks
+    assert not inside("soubor file", "cs")  # one English word is not enough
+    assert not inside("the default file of each command", "en")  # English text is English
+
+
 def test_technical_tokens_go_between_words_and_change_nothing_else():
     tech = L.Technical(["alpha", "bravo", "charlie", "Delta", "échec", "it's", "ox"])
     assert tech.words == ["alpha", "bravo", "charlie", "delta", "échec"]  # words of 3-9 letters, lower-cased
@@ -95,7 +111,7 @@ def test_build_balances_languages_keeps_splits_apart_and_marks_some_snippets(tmp
     monkeypatch.setattr(L.F, "read_entries", entries)
     tech = L.Technical(["alpha", "bravo", "charlie", "delta"])
     report = L.build(tmp_path, ["fortunes"], seed=3, per_cell=100, per_cell_val=10, per_cell_test=20,
-                     test_domains=["fortunes"], tech=tech)
+                     test_domains=["fortunes"], tech=tech, english_inside=L.EnglishInside(ENGLISH, OWN))
     rows = list(csv.DictReader(open(tmp_path / "train.csv", encoding="utf-8")))
     assert report["train"] == len(rows) == 8 * 2 * 100  # a snippet and a crop per draw
     assert {sum(r["label"] == l for r in rows) for l in L.LANGS} == {200}
@@ -114,7 +130,26 @@ def test_test_texts_do_not_depend_on_the_training_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(L.F, "read_entries", entries)
     tech = L.Technical(["alpha", "bravo", "charlie", "delta"])
     a, b = tmp_path / "a", tmp_path / "b"
-    L.build(a, ["fortunes"], seed=3, per_cell=100, per_cell_test=20, tech=tech, test_domains=["fortunes"])
-    L.build(b, [], seed=3, per_cell=50, per_cell_test=20, tech=tech, test_domains=["fortunes"])
+    inside = L.EnglishInside(ENGLISH, OWN)
+    L.build(a, ["fortunes"], seed=3, per_cell=100, per_cell_test=20, tech=tech, test_domains=["fortunes"],
+            english_inside=inside)
+    L.build(b, [], seed=3, per_cell=50, per_cell_test=20, tech=tech, test_domains=["fortunes"],
+            english_inside=inside)
     assert (a / "test_fortunes.csv").read_text() == (b / "test_fortunes.csv").read_text()
     assert (a / "train.csv").read_text() != (b / "train.csv").read_text()
+
+
+def test_english_remnants_are_kept_out_of_training_rows_but_not_out_of_test_texts(tmp_path, monkeypatch):
+    def entries(lang, *a, **k):
+        native = [f"{lang} Eintrag n{i:03d}x mit genug Worten darin, damit er lang genug ist " * 2 for i in range(200)]
+        return native + ["the default file of each command from the trailing service " * 3] * 100
+    monkeypatch.setattr(L.F, "read_entries", entries)
+    inside = L.EnglishInside(ENGLISH, OWN)
+    L.build(tmp_path, ["fortunes"], seed=3, per_cell=100, per_cell_val=20, per_cell_test=40,
+            test_domains=["fortunes"], tech=L.Technical(["alpha", "bravo"]), english_inside=inside)
+    def rows(name):
+        return list(csv.DictReader(open(tmp_path / name, encoding="utf-8")))
+    for name in ("train.csv", "val.csv"):
+        assert not [r for r in rows(name) if inside(r["text"], r["label"])]
+        assert any(r["label"] == "en" and "default file" in r["text"] for r in rows(name))  # English keeps them
+    assert [r for r in rows("test_fortunes.csv") if inside(r["text"], r["label"])]  # test texts as cut

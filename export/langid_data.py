@@ -29,6 +29,7 @@ or test — chosen by a hash of its name, before any snippet is cut.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import html.parser
@@ -260,6 +261,7 @@ def docs_units(lang: str) -> dict[str, list[str]]:
 
 # ------------------------------------------------------------------------------------------------- word lists
 
+@functools.lru_cache(maxsize=None)
 def words(lang: str) -> list[str]:
     out = []
     for f in WORDS[lang]:
@@ -271,6 +273,11 @@ def words(lang: str) -> list[str]:
             if len(w) >= 2 and w.isalpha() and not w.isupper():
                 out.append(w)
     return sorted(set(out))
+
+
+def training_words(lang: str) -> list[str]:
+    """The words of a language's list in the training split: what `Technical` and `EnglishInside` may use."""
+    return [w for w in words(lang) if split_of("word/" + w) == "train"]
 
 
 def word_units(lang: str, rng: random.Random, n: int = 6000) -> dict[str, list[str]]:
@@ -303,7 +310,7 @@ class Technical:
         """From the training split of all eight word lists (no word the `words` test texts hold). Every language's
         words, not English only: translated software names its options and files in its own language too, and
         tokens of English words alone put English words into every language's training text."""
-        return cls([w for lang in LANGS for w in words(lang) if split_of("word/" + w) == "train"])
+        return cls([w for lang in LANGS for w in training_words(lang)])
 
     def token(self, rng: random.Random) -> str:
         a, b = rng.choice(self.words), rng.choice(self.words)
@@ -334,7 +341,7 @@ class EnglishInside:
 
     @classmethod
     def from_word_lists(cls) -> "EnglishInside":
-        lex = {lang: {w.lower() for w in words(lang) if split_of("word/" + w) == "train"} for lang in LANGS}
+        lex = {lang: {w.lower() for w in training_words(lang)} for lang in LANGS}
         return cls(lex.pop("en"), lex)
 
     def __call__(self, text: str, lang: str) -> bool:

@@ -397,8 +397,8 @@ def build(out: Path, domains: list[str], seed: int = 0, per_cell: int = 10000, p
           tech: Technical | None = None, english_inside: EnglishInside | None = None) -> dict:
     """CSV files under `out`: train.csv and val.csv from `domains` (per language and domain `per_cell`
     samples: a word-bounded snippet of 20-`longest` characters, one in eight with technical tokens put in,
-    and as many crops of 10-60 characters; 10,000 rather than 4,000 so that the bundled model's 1,080 s of
-    training read each text about 2.7 times rather than 5: docs/models.md, leave one domain out), and
+    and as many crops of 10-60 characters; 10,000 rather than 4,000, so that 1,080 s of training read
+    each row 1.7-2.7 times rather than 4-6: docs/models.md, leave one domain out), and
     test_<domain>.csv for every domain in `test_domains` (default: all): snippets of 20-300 characters (word
     groups for `words`) from units no training file saw. Training and validation snippets that are mostly
     English in another language's rows are not drawn (`EnglishInside`); test texts are kept as cut."""

@@ -1,9 +1,17 @@
 """The one shape of every error answer: {"error": {"type", "message", "field"}}, field null where none.
 
 `RequestError` is raised anywhere on the request path (schemas, routes, runtime) and turned into a JSON
-response by the route layer; the middleware and the SSE writer build the same body with `error_body`.
+response by the route layer; the middleware and the SSE writer build the same body with `error_body`, written by `json_bytes`.
 """
 from __future__ import annotations
+
+import json
+
+
+def json_bytes(body) -> bytes:
+    """A JSON answer's bytes as FastAPI's JSONResponse writes them (compact, UTF-8 as it is): the same bytes
+    whichever layer answers."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def error_body(kind: str, message: str, field: str | None = None) -> dict:

@@ -16,13 +16,13 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_body
+from .errors import error_body, json_bytes
 
 log = logging.getLogger("rnnserve")
 
 
 def _answer(status: int, reason: str, kind: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps(error_body(kind, message)).encode()
+    body = json_bytes(error_body(kind, message))
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\n{extra}\r\n").encode() + body
 

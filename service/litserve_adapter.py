@@ -44,7 +44,7 @@ except ImportError as e:  # pragma: no cover — only with an untested LitServe
 
 from .artifact import load_artifact, read_manifest
 from .classifier import classify_texts, read_chars
-from .errors import RequestError
+from .errors import RequestError, json_bytes
 from .memory import trim_when_idle
 
 log = logging.getLogger("rnnserve")
@@ -136,7 +136,7 @@ class ClassifyAPI(ls.LitAPI):
                   "truncated": len(t) > n}  # the model read only the first n characters
                  for p, t in zip(probs, r["texts"])]
         body = {"model": r["model"], **items[0]} if r["single"] else {"model": r["model"], "results": items}
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()  # as FastAPI's JSONResponse
+        return json_bytes(body)
 
     def encode_response(self, output):
         return output

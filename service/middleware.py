@@ -9,7 +9,7 @@ import logging
 import time
 
 from .config import Config, replica_name
-from .errors import RequestError
+from .errors import RequestError, json_bytes
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("rnnserve")
@@ -127,7 +127,7 @@ def _replay(body: bytes, receive):
 
 
 async def _reject(send, e: RequestError) -> None:
-    body = json.dumps(e.body()).encode()
+    body = json_bytes(e.body())
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     hdrs += [(k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()]
     await send({"type": "http.response.start", "status": e.status, "headers": hdrs})

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.errors import json_bytes
 from tests.conftest import Server
 
 
@@ -251,3 +252,4 @@ def test_huge_bodies_are_refused_by_size(fuzz_server, size, chunked, status):
                    timeout=60)
     assert r.status_code == status, r.text[:200]
     assert r.json()["error"]["field"] in ("body", "prompt")
+    assert r.content == json_bytes(r.json())  # the middleware's 413 written as the route's 422: compact JSON

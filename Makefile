@@ -39,7 +39,8 @@ model-packages:
 models: $(VENV)/.dev
 	$(BIN)/python -m export.build_models
 
-# The identifier on domains it never saw: one run per left-out domain, trained as the bundled model, beside langid.py (~80 min).
+# The identifier on domains it never saw: two runs per left-out domain (training seeds 0 and 1), trained as the bundled
+# model, beside langid.py; their mean is the figure (~160 min).
 langid-report: $(VENV)/.dev
 	$(BIN)/python -m export.langid_report
 

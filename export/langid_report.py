@@ -39,11 +39,11 @@ def score(art: Path, data: Path) -> dict:
 def mean_test(runs: list[dict]) -> dict:
     """The mean of runs' `score`s on the same texts (langid.py's figures are the same in each)."""
     out = {}
-    for name, first in runs[0].items():
+    for name, head in runs[0].items():
         rs = [r[name] for r in runs]
-        out[name] = {"n": first["n"], **{k: sum(r[k] for r in rs) / len(rs) for k in ("accuracy", "macro_f1")},
-                     "recall": {l: sum(r["recall"][l] for r in rs) / len(rs) for l in first["recall"]},
-                     "langid_py": first["langid_py"]}
+        out[name] = {"n": head["n"], **{k: sum(r[k] for r in rs) / len(rs) for k in ("accuracy", "macro_f1")},
+                     "recall": {l: sum(r["recall"][l] for r in rs) / len(rs) for l in head["recall"]},
+                     "langid_py": head["langid_py"]}
     return out
 
 

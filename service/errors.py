@@ -1,7 +1,8 @@
 """The one shape of every error answer: {"error": {"type", "message", "field"}}, field null where none.
 
 `RequestError` is raised anywhere on the request path (schemas, routes, runtime) and turned into a JSON
-response by the route layer; the middleware and the SSE writer build the same body with `error_body`, written by `json_bytes`.
+response by the route layer; the middleware and the SSE writer build the same body with `error_body`, and
+the layers that write bytes themselves write them with `json_bytes`.
 """
 from __future__ import annotations
 

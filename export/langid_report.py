@@ -48,7 +48,7 @@ def mean_test(runs: list[dict]) -> dict:
 
 
 def leave_one_out(build: Path, budget: float, seed: int, domains: list[str] | None = None,
-                  train_seeds: list[int] = (0,)) -> dict:
+                  train_seeds: tuple[int, ...] = (0,)) -> dict:
     """{left-out domain: {"trained_on", "train_rows", "runs": {training seed: {...}}}}: the data of `seed`,
     one run per training seed."""
     results = {}
@@ -80,10 +80,9 @@ def merge(old: dict, new: dict, seed: int) -> dict:
         if d not in new and keep is None:
             continue
         runs = {**(keep["runs"] if keep else {}), **(new[d]["runs"] if d in new else {})}
-        base = new.get(d) or keep
+        base, seeds = new.get(d) or keep, sorted(runs, key=int)
         out[d] = {"trained_on": base["trained_on"], "train_rows": base["train_rows"], "data_seed": seed,
-                  "training_seeds": sorted(runs, key=int),
-                  "test": mean_test([runs[k]["test"] for k in sorted(runs, key=int)]), "runs": runs}
+                  "training_seeds": seeds, "test": mean_test([runs[k]["test"] for k in seeds]), "runs": runs}
     return out
 
 

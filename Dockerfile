@@ -7,7 +7,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements/runtime.txt requirements/runtime.txt
-RUN pip install -r requirements/runtime.txt
+RUN pip install --no-deps -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY rnnserve rnnserve
 COPY service service

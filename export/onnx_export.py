@@ -126,21 +126,26 @@ def classifier_parity(model: Classifier, onnx_path: Path, seqs: list[list[int]],
     return float(np.abs(got - ref).max())
 
 
-def _parity(model, path: Path, tok, sample: dict) -> float:
-    texts = [t for t in sample["texts"] if t] or ["The quick brown fox jumps over the lazy dog.\n"]
+def _parity(model, path: Path, tok, texts: list[str]) -> float:
+    """Parity on these texts (a run's held-out sample), or on random ids of the vocabulary when there are none
+    (an imported model may come without text)."""
+    rows = [r for r in (tok.encode(t) for t in texts if t) if r]
+    if not rows:
+        rng = np.random.default_rng(0)
+        ids = np.array([i for i in range(tok.vocab_size) if i != tok.pad_id])
+        rows = [[int(x) for x in rng.choice(ids, n)] for n in (32, 32, 32, 32)]
     if isinstance(model, LanguageModel):
-        rows = [tok.encode(t) for t in texts]
         n = min(32, min(len(r) for r in rows))
         if n < 2:
-            rows, n = [tok.encode("The quick brown fox jumps over the lazy dog.\n")] * 2, 32
+            return _parity(model, path, tok, [])
         rows = [r[:n] for r in rows[:8]]
         if len(rows) == 1:
             rows = rows * 2
         return lm_parity(model, path, rows, prefill=n // 2, steps=n - n // 2)
-    seqs = [tok.encode(t) or [tok.unk_id] for t in texts[:16]]
+    seqs = [r[:4 * 400] for r in rows[:16]]
     if len(seqs) == 1:
         seqs.append(seqs[0][: max(1, len(seqs[0]) // 2)])
-    return classifier_parity(model, path, seqs, tok.pad_id)
+    return classifier_parity(model, path, seqs, tok.pad_id or 0)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -152,19 +157,43 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str | None = None,
            force: bool = False) -> dict:
-    run, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
+    """A run folder (`rnnserve train`) as an artifact."""
+    run = Path(run_dir)
     model, tok, metrics = load_run(run)
     sample_path = run / "val_sample.json"
     sample = json.loads(sample_path.read_text()) if sample_path.exists() else {"texts": []}
+    train = metrics.get("train", {})
+    lm = model.config["kind"] == "lm"
+    return write_artifact(
+        model, tok, out, parity_texts=sample["texts"], opset=opset, quantize=quantize, force=force,
+        labels=None if lm else metrics.get("labels") or train.get("labels"),
+        max_len=None if lm else train.get("max_len"),
+        # a document boundary fed before a fresh prompt, where the vocabulary has one (word level has no newline)
+        bos_text="\n" if lm and tok.encode("\n") else None,
+        metrics={k: v for k, v in metrics.items() if k not in ("history", "train")},
+        exported_from={"run_dir": str(run.resolve()), "checkpoint_sha256": sha256_file(run / "checkpoint.pt"),
+                       "train_args": train},
+        tokenizer_file=run / "tokenizer.json")
+
+
+def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list[str], labels: list[str] | None,
+                   max_len: int | None, bos_text: str | None, metrics: dict, exported_from: dict, opset: int = 17,
+                   quantize: str | None = None, force: bool = False, tokenizer_file: Path | None = None,
+                   measure=None) -> dict:
+    """The one way out to an artifact, for a trained run and an imported model alike: the graph exported, parity
+    with PyTorch checked (refused above PARITY_LIMIT), the manifest written. `measure(folder) -> dict`, when
+    given, adds figures measured on the finished artifact to the manifest's metrics. Built in a temporary
+    folder beside `out` and renamed into place: a refusal leaves nothing behind."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is read by other users (e.g. in the image)
     try:
         onnx_path = tmp / "model.onnx"
         _export_graph(model, onnx_path, opset)
-        parity = _parity(model, onnx_path, tok, sample)
+        parity = _parity(model, onnx_path, tok, parity_texts)
         if not parity <= PARITY_LIMIT:
             raise ExportError(f"parity check failed: max |ONNX - PyTorch| = {parity:.3g} > {PARITY_LIMIT} "
                               f"(nothing written to {out})")
@@ -181,43 +210,50 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
             "bidirectional": not lm,
             "inputs": io_names(cfg["kind"], cfg["cell"])[0],
             "outputs": io_names(cfg["kind"], cfg["cell"])[1],
-            "labels": None if lm else metrics.get("labels") or metrics["train"].get("labels"),
-            "max_chars": None if lm else metrics.get("train", {}).get("max_len"),
+            "labels": labels,
+            # what a classifier reads at once, as trained: characters, or tokens for a subword tokenizer
+            "max_chars": max_len if not lm and tok.type == "char" else None,
+            **({} if lm or tok.type == "char" else {"max_tokens": max_len}),
             "pad_id": tok.pad_id,
             "unk_id": tok.unk_id,
-            "bos_text": "\n" if lm else None,
+            "bos_text": bos_text,
             "tokenizer": "tokenizer.json",
+            "tokenizer_type": tok.type,
             "onnx": "model.onnx",
             "onnx_sha256": sha256_file(onnx_path),
             "onnx_bytes": onnx_path.stat().st_size,
             "opset": opset,
             "recurrent_ops": recurrent_ops(onnx_path),
-            "metrics": {k: v for k, v in metrics.items() if k not in ("history", "train")},
+            "metrics": metrics,
             "parity": parity,
             "int8": None,
-            "exported_from": {
-                "run_dir": str(run.resolve()),
-                "checkpoint_sha256": sha256_file(run / "checkpoint.pt"),
-                "train_args": metrics.get("train", {}),
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__,
-                "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            },
+            "exported_from": {**exported_from, "torch": torch.__version__, "onnx": onnx.__version__,
+                              "onnxruntime": ort.__version__,
+                              "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
         }
         if quantize == "int8":
             q = tmp / "model.int8.onnx"
             quantize_int8(onnx_path, q)
             manifest["int8"] = {"onnx": q.name, "onnx_sha256": sha256_file(q), "onnx_bytes": q.stat().st_size,
-                                "parity": _parity(model, q, tok, sample)}
+                                "parity": _parity(model, q, tok, parity_texts)}
         elif quantize:
             raise ExportError(f"--quantize: unknown mode {quantize!r} (known: int8)")
-        shutil.copy(run / "tokenizer.json", tmp / "tokenizer.json")
-        (tmp / "model.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if tokenizer_file is not None:
+            shutil.copy(tokenizer_file, tmp / "tokenizer.json")  # the file as it is (a `tokenizers` file unchanged)
+        else:
+            tok.save(tmp / "tokenizer.json")
+        write_manifest(tmp, manifest)
+        if measure is not None:
+            manifest["metrics"] = {**metrics, **measure(tmp)}
+            write_manifest(tmp, manifest)
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
         return manifest
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / "model.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

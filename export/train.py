@@ -1,9 +1,11 @@
 """Training loops, validation metrics and checkpoints.
 
 Language models train with truncated backpropagation through time: the text
-is laid out as `batch_size` contiguous streams, read `seq_len` characters at a
+is laid out as `batch_size` contiguous streams, read `seq_len` tokens at a
 time, and the (detached) state is carried from one chunk to the next, so the
-model sees context longer than one chunk. Classifiers train on batches of
+model sees context longer than one chunk. The tokens are characters, byte-level
+BPE pieces or words (`tokenizer`); validation is scored in bits per character
+of the held-out text whatever they are, so the kinds compare on one scale. Classifiers train on batches of
 texts of one length where there are enough of them (no padding, and the model
 then skips packing, which PyTorch runs about four times slower on CPU), the
 rest in length-sorted batches, so little compute goes into padding.
@@ -29,8 +31,9 @@ from tqdm import tqdm
 from . import data as D
 from service.evaluate import classification_report  # torch-free; eval reports the same figures
 
+from service import tokenizer as T  # the one tokenizer module (torch-free), shared with the service
+
 from .models import Classifier, LanguageModel, build
-from .tokenizer import CharTokenizer, Tokenizer, load as load_tokenizer
 
 LN2 = math.log(2)
 
@@ -42,7 +45,7 @@ class LMArgs:
     cell: str = "lstm"
     layers: int = 1
     hidden: int = 448
-    embed: int = 64
+    embed: int | None = None  # None = 64 for a char vocabulary, 256 for bpe/word (EMBED_BY_TOKENIZER)
     dropout: float | None = None  # None = auto: AUTO_DROPOUT when the run reads the text > AUTO_PASSES times
     seq_len: int = 64
     batch_size: int = 32
@@ -53,9 +56,13 @@ class LMArgs:
     seed: int = 0
     threads: int | None = None
     val_fraction: float = 0.05
+    val_split: str = "auto"  # tail | shuffle | auto (tail for a continuous text, shuffle for fortune entries)
     eval_every: int = 0  # steps; 0 = once per epoch (and at the end)
     clip: float = 1.0
     format: str = "auto"
+    tokenizer: str = "char"  # char | bpe | word
+    vocab_size: int | None = None  # bpe/word: the vocabulary's size (default service.tokenizer.DEFAULT_VOCAB)
+    min_count: int | None = None  # fewest occurrences a character, merge or word needs to enter it
     quiet: bool = False
 
 
@@ -76,8 +83,10 @@ class ClassifierArgs:
     seed: int = 0
     threads: int | None = None
     val_fraction: float = 0.1
-    max_len: int = 400
-    min_char_count: int = 2
+    max_len: int = 400  # characters (char tokenizer) or tokens of each text read
+    tokenizer: str = "char"
+    vocab_size: int | None = None
+    min_count: int = 2
     eval_every: int = 0
     clip: float = 1.0
     val_data: str | None = None
@@ -127,15 +136,15 @@ class Schedule:
         return self.lr * scale
 
 
-def save_run(out: Path, model: nn.Module, tok: Tokenizer, train_config: dict) -> None:
+def save_run(out: Path, model: nn.Module, tok: T.Tokenizer, train_config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "checkpoint.pt.tmp"
     torch.save({"state_dict": model.state_dict(), "config": model.config, "train": train_config}, tmp)
     os.replace(tmp, out / "checkpoint.pt")
-    (out / "tokenizer.json").write_text(json.dumps(tok.to_json(), ensure_ascii=False), encoding="utf-8")
+    tok.save(out / "tokenizer.json")
 
 
-def load_run(run_dir: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
+def load_run(run_dir: str | Path) -> tuple[nn.Module, T.Tokenizer, dict]:
     run = Path(run_dir)
     ck = run / "checkpoint.pt"
     if not ck.exists():
@@ -147,7 +156,7 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, Tokenizer, dict]:
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics.setdefault("train", blob.get("train", {}))
-    return model, load_tokenizer(run / "tokenizer.json"), metrics
+    return model, T.load(run / "tokenizer.json"), metrics
 
 
 def save_val_sample(out: Path, texts: list[str], labels: list[str] | None = None) -> None:
@@ -172,12 +181,17 @@ def batchify(ids: list[int], batch_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_lm(model: LanguageModel, ids: list[int], batch_size: int = 16, seq_len: int = 256) -> dict:
-    """Mean cross-entropy over the text read as `batch_size` streams, state carried across chunks."""
+def evaluate_lm(model: LanguageModel, ids: list[int], chars: list[int] | None = None, batch_size: int = 16,
+                seq_len: int = 256) -> dict:
+    """Cross-entropy over the text read as `batch_size` streams, state carried across chunks: per token
+    (`val_loss` in nats, `val_ppl`) and in bits per character (`val_bpc`: the predicted tokens' losses in
+    bits over the characters of text they stand for, `chars` per token from the tokenizer's
+    `encode_counted`; one each when None, as for a character model)."""
     model.eval()
     batch_size = max(1, min(batch_size, len(ids) // 2))
     rows = batchify(ids, batch_size)
-    state, total, count = None, 0.0, 0
+    widths = batchify(chars if chars is not None else [1] * len(ids), batch_size)
+    state, total, count, n_chars = None, 0.0, 0, 0
     for i in range(0, rows.shape[1] - 1, seq_len):
         x = rows[:, i:i + seq_len]
         y = rows[:, i + 1:i + 1 + seq_len]
@@ -186,8 +200,10 @@ def evaluate_lm(model: LanguageModel, ids: list[int], batch_size: int = 16, seq_
         total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                              reduction="sum").item()
         count += y.numel()
+        n_chars += int(widths[:, i + 1:i + 1 + y.shape[1]].sum())
     loss = total / count
-    return {"val_loss": loss, "val_bpc": loss / LN2, "val_ppl": math.exp(loss), "val_tokens": count}
+    return {"val_loss": loss, "val_bpc": total / LN2 / max(1, n_chars), "val_ppl": math.exp(loss),
+            "val_tokens": count, "val_chars": n_chars}
 
 
 # A long run over a small text memorises it: on 1 MB of English the 600 s run without dropout read the
@@ -196,6 +212,12 @@ def evaluate_lm(model: LanguageModel, ids: list[int], batch_size: int = 16, seq_
 # dropout only slows it (120 s: 2.172 without, 2.196 with). So by default dropout follows the number
 # of passes the run will make over the training text.
 AUTO_DROPOUT, AUTO_PASSES, PROBE_STEPS = 0.25, 8.0, 30
+
+
+# A subword token stands for a few characters, so its embedding has more to say. 120 s runs with BPE 1,024, bits
+# per char: the Shakespeare file's tail 1.958 (embedding 64), 1.930 (128), 1.905 (256); 1 MB of fortunes (held-out
+# entries) 2.209 (64), 2.133 (256). Characters gain nothing from a wider one (2.078 with 128 against 2.074).
+EMBED_BY_TOKENIZER = {"char": 64, "bpe": 256, "word": 256}
 
 
 def auto_dropout(passes: float) -> float:
@@ -211,9 +233,11 @@ def train_lm(a: LMArgs) -> dict:
     set_seed(a.seed, a.threads)
     out = Path(a.out)
     docs = D.read_documents(a.data, a.format)
-    train_text, val_text = D.lm_corpus(docs, a.val_fraction, a.seed)
-    tok = CharTokenizer.build([train_text])
-    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    val_split = D.val_split_kind(docs, a.val_split)
+    train_text, val_text = D.lm_corpus(docs, a.val_fraction, a.seed, val_split)
+    tok = T.build(a.tokenizer, [train_text], a.vocab_size, a.min_count)  # from the training text only
+    train_ids = tok.encode(train_text)
+    val_ids, val_chars = tok.encode_counted(val_text)
     rows = batchify(train_ids, a.batch_size)
     chunks_per_epoch = max(1, (rows.shape[1] - 1) // a.seq_len)
     total = a.steps or (round(a.epochs * chunks_per_epoch) if a.epochs else None)
@@ -223,20 +247,22 @@ def train_lm(a: LMArgs) -> dict:
     # PROBE_STEPS steps, from the measured speed (the run starts without, as a short one stays)
     auto = a.dropout is None
     dropout = (auto_dropout(total / chunks_per_epoch) if total and not a.time_budget else 0.0) if auto else a.dropout
-    model = LanguageModel(tok.vocab_size, a.cell, a.layers, a.hidden, a.embed, dropout)
+    embed = a.embed or EMBED_BY_TOKENIZER[a.tokenizer]
+    model = LanguageModel(tok.vocab_size, a.cell, a.layers, a.hidden, embed, dropout)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     sched = Schedule(opt, a.lr, total, a.time_budget)
     eval_every = a.eval_every or chunks_per_epoch
     history, best, step, seen, t0 = [], None, 0, 0, time.monotonic()
-    train_cfg = {**asdict(a), "dropout": dropout, "dropout_auto": auto, "vocab_size": tok.vocab_size,
-                 "train_chars": len(train_text), "val_chars": len(val_text)}
+    train_cfg = {**asdict(a), "embed": embed, "dropout": dropout, "dropout_auto": auto, "vocab_size": tok.vocab_size,
+                 "val_split": val_split, "train_chars": len(train_text), "val_chars": len(val_text),
+                 "train_tokens": len(train_ids), "chars_per_token": round(len(train_text) / len(train_ids), 3)}
 
     def validate():
         nonlocal best
-        m = evaluate_lm(model, val_ids)
+        m = evaluate_lm(model, val_ids, val_chars)
         m.update(step=step, train_tokens=seen, seconds=round(time.monotonic() - t0, 2))
         history.append(m)
-        if best is None or m["val_loss"] < best["val_loss"]:
+        if best is None or m["val_bpc"] < best["val_bpc"]:
             best = m
             save_run(out, model, tok, train_cfg)
         model.train()
@@ -245,7 +271,7 @@ def train_lm(a: LMArgs) -> dict:
     save_val_sample(out, [val_text[i * 200:(i + 1) * 200] for i in range(8) if len(val_text) >= (i + 1) * 200]
                     or [val_text])
     model.train()
-    bar = progress(total, f"train lm ({a.cell})", a.quiet)
+    bar = progress(total, f"train lm ({a.cell}, {a.tokenizer})", a.quiet)
     state, epoch_offset = None, 0
     while not sched.done(step):
         pos = (step % chunks_per_epoch) * a.seq_len
@@ -275,17 +301,18 @@ def train_lm(a: LMArgs) -> dict:
             if not a.quiet:
                 bar.write(f"about {passes:.0f} passes over the text in the budget: dropout {model.config['dropout']}")
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", bpc=f"{loss.item() / LN2:.3f}", lr=f"{lr:.1e}",
-                        tok_s=f"{seen / (time.monotonic() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", tok_s=f"{seen / (time.monotonic() - t0):.0f}")
         if step % eval_every == 0:
             m = validate()
             if not a.quiet:
-                bar.write(f"step {step}: val bpc {m['val_bpc']:.3f} ppl {m['val_ppl']:.2f}")
+                bar.write(f"step {step}: val bits/char {m['val_bpc']:.3f}, per-token perplexity {m['val_ppl']:.2f}")
     bar.close()
     if not history or history[-1]["step"] != step:
         validate()
     seconds = time.monotonic() - t0
     metrics = {"kind": "lm", "val_bpc": best["val_bpc"], "val_loss": best["val_loss"], "val_ppl": best["val_ppl"],
+               "tokenizer": tok.type, "vocab_size": tok.vocab_size, "val_split": val_split,
+               "chars_per_token": train_cfg["chars_per_token"], "val_chars": best["val_chars"],
                "best_step": best["step"], "train_tokens": seen, "steps": step, "seconds": round(seconds, 2),
                "tokens_per_s": round(seen / seconds, 1), "dropout": model.config["dropout"],
                "expected_passes": train_cfg.get("expected_passes"), "history": history}
@@ -337,8 +364,11 @@ def predict(model: Classifier, seqs: list[list[int]], pad_id: int, batch_size: i
     return preds
 
 
-def encode_rows(tok: Tokenizer, rows, label_ids: dict, max_len: int):
-    seqs = [tok.encode(t)[:max_len] or [tok.unk_id] for _, t in rows]
+def encode_rows(tok: T.Tokenizer, rows, label_ids: dict, max_len: int):
+    """Each row's first `max_len` tokens (characters for a char tokenizer); an empty one (spaces to a word
+    tokenizer) as the unknown token."""
+    filler = [tok.unk_id if tok.unk_id is not None else tok.pad_id]
+    seqs = [tok.encode(t)[:max_len] or filler for _, t in rows]
     return seqs, [label_ids[l] for l, _ in rows]
 
 
@@ -355,7 +385,7 @@ def train_classifier(a: ClassifierArgs) -> dict:
     if unseen:
         raise D.DataError(f"{a.val_data or a.data}: validation labels never seen in training: {unseen}")
     label_ids = {l: i for i, l in enumerate(labels)}
-    tok = CharTokenizer.build((t for _, t in train_rows), min_count=a.min_char_count)
+    tok = T.build(a.tokenizer, [t for _, t in train_rows], a.vocab_size, a.min_count)
     xs, ys = encode_rows(tok, train_rows, label_ids, a.max_len)
     vx, vy = encode_rows(tok, val_rows, label_ids, a.max_len)
     model = Classifier(tok.vocab_size, len(labels), a.cell, a.hidden, a.embed, a.dropout, a.layers, tok.pad_id)
@@ -384,7 +414,7 @@ def train_classifier(a: ClassifierArgs) -> dict:
 
     save_val_sample(out, [t[: a.max_len] for _, t in val_rows[:16]], [l for l, _ in val_rows[:16]])
     model.train()
-    bar = progress(total, f"train classifier ({a.cell})", a.quiet)
+    bar = progress(total, f"train classifier ({a.cell}, {a.tokenizer})", a.quiet)
     batches: list[list[int]] = []
     while not sched.done(step):
         if not batches:

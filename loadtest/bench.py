@@ -242,6 +242,8 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
         rounds = "1" if quick else "3"
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model, "--rounds", rounds) for n in levels]
+        print("2/7 every language model: tokens/s and characters/s", flush=True)
+        res["per_model"] = per_model(srv, tokens, rounds, 0.5 if quick else 2.0)
         print("3/7 classification, batching on", flush=True)
         secs = "5" if quick else "15"
         res["classify_on"] = classify_runs(srv, secs)
@@ -288,6 +290,25 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     plot(res["service"], res["naive"], out_dir / "benchmarks.png")
     (out_dir / "benchmarks.md").write_text(report(res))
     return res
+
+
+def per_model(srv: Proc, tokens: str, rounds: str, seconds: float) -> list[dict]:
+    """Each bundled language model served at 1 and 64 streams: model tokens/s and the characters/s a user
+    sees (a BPE token carries several characters), beside the model's raw ORT ceiling at batch 64."""
+    from service.artifact import load_artifact, read_manifest
+    rows = []
+    for folder in sorted(p for p in (REPO / "models").iterdir() if (p / "model.json").exists()):
+        manifest = read_manifest(folder)
+        if manifest["kind"] != "lm":
+            continue
+        step = min(decode_speed(load_artifact(folder, threads=t), 64, seconds) for t in (1, 2))
+        for n in (1, 64):
+            row = measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
+                           "--model", folder.name, "--rounds", rounds)
+            row.update(model=folder.name, tokenizer=manifest.get("tokenizer_type", "char"),
+                       vocab_size=manifest["vocab_size"], raw_tokens_per_s_64=64 / step)
+            rows.append(row)
+    return rows
 
 
 # Two kinds of input: one-line sentences, and the bundled classifier's held-out sample (real fortune
@@ -375,8 +396,21 @@ def report(r: dict) -> str:
             f"{fmt_ms(s['itl_p50'])} / {fmt_ms(s['itl_p95'])} / {fmt_ms(s['itl_p99'])} | {s['tokens_per_event']:.1f} | "
             f"{s['server_cpu_cores']:.2f} | {s['server_rss_mb']:.0f} | {fmt_ms(nv['ttft_p50'])} / {fmt_ms(nv['ttft_p99'])} |")
     lines += ["", "![throughput and latency against concurrency](benchmarks.png)", "",
-              "Where the targets are missed and why: [performance.md](performance.md).", "",
-              "## 4. Classification: /classify with 64 concurrent clients sending single texts\n",
+              "Where the targets are missed and why: [performance.md](performance.md).", ""]
+    if r.get("per_model"):
+        lines += ["### Every bundled language model: tokens/s and characters/s\n",
+                  "The same clients, per model. A token is a character for a `char` model and a few characters for "
+                  "a `bpe` one; characters/s is what a reader sees. The raw ceiling is the model's decode loop at "
+                  "batch 64 (best thread count), in tokens/s.\n",
+                  "| model | tokenizer (vocab) | streams | tokens/s | characters/s | chars/token | raw ORT tok/s at 64 "
+                  "| TTFT p50 / p99 ms | server CPU cores |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in r["per_model"]:
+            lines.append(f"| {row['model']} | {row['tokenizer']} ({row['vocab_size']:,}) | {row['concurrency']} | "
+                         f"{row['tokens_per_s']:,.0f} | {row['chars_per_s']:,.0f} | "
+                         f"{row['chars'] / max(1, row['tokens']):.2f} | {row['raw_tokens_per_s_64']:,.0f} | "
+                         f"{fmt_ms(row['ttft_p50'])} / {fmt_ms(row['ttft_p99'])} | {row['server_cpu_cores']:.2f} |")
+        lines.append("")
+    lines += ["## 4. Classification: /classify with 64 concurrent clients sending single texts\n",
               f"Model: the bundled `langid` (2-layer bidirectional {r['classifier']['cell'].upper()}, hidden "
               f"{r['classifier']['hidden']}, reading {r['classifier'].get('max_chars') or 400} characters). "
               "*sentences*: eight one-line "

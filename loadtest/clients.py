@@ -52,7 +52,7 @@ async def timed(request, latencies: list[float]) -> bool:
 
 async def one_stream(client: aiohttp.ClientSession, url: str, body: dict) -> dict:
     t0 = time.perf_counter()
-    ttft, last, gaps, tokens, events = None, None, [], 0, 0
+    ttft, last, gaps, tokens, events, chars = None, None, [], 0, 0, 0
     async with client.post(url + "/generate", json=body) as r:
         if r.status != 200:
             await r.read()
@@ -67,6 +67,7 @@ async def one_stream(client: aiohttp.ClientSession, url: str, body: dict) -> dic
             now = time.perf_counter()
             if "index" in ev:
                 events += 1
+                chars += len(ev["text"])
                 if ttft is None:
                     ttft = now - t0
                 else:
@@ -74,7 +75,8 @@ async def one_stream(client: aiohttp.ClientSession, url: str, body: dict) -> dic
                 last = now
             elif "usage" in ev:
                 tokens = ev["usage"]["completion_tokens"]
-    return {"ttft": ttft, "gaps": gaps, "tokens": tokens, "events": events, "seconds": time.perf_counter() - t0}
+    return {"ttft": ttft, "gaps": gaps, "tokens": tokens, "events": events, "chars": chars,
+            "seconds": time.perf_counter() - t0}
 
 
 async def streams(url: str, concurrency: int, tokens: int, model: str | None, rounds: int) -> dict:
@@ -98,9 +100,9 @@ async def streams(url: str, concurrency: int, tokens: int, model: str | None, ro
     ok = [r for r in results if "error" not in r]
     gaps = [g for r in ok for g in r["gaps"]]
     ttfts = [r["ttft"] for r in ok if r["ttft"] is not None]
-    total = sum(r["tokens"] for r in ok)
+    total, chars = sum(r["tokens"] for r in ok), sum(r["chars"] for r in ok)
     return {"concurrency": concurrency, "requests": len(results), "failures": len(results) - len(ok),
-            "tokens": total, "seconds": wall, "tokens_per_s": total / wall,
+            "tokens": total, "seconds": wall, "tokens_per_s": total / wall, "chars": chars, "chars_per_s": chars / wall,
             "ttft_p50": pct(ttfts, 50), "ttft_p99": pct(ttfts, 99),
             "itl_p50": pct(gaps, 50), "itl_p95": pct(gaps, 95), "itl_p99": pct(gaps, 99),
             "tokens_per_event": total / max(1, sum(r["events"] for r in ok))}

@@ -29,7 +29,17 @@ def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=448 if lm else 128, help="hidden units per layer (default: %(default)s)")
-    p.add_argument("--embed", type=int, default=64, help="embedding size (default: %(default)s)")
+    p.add_argument("--embed", type=int, default=None if lm else 64,
+                   help="embedding size (default: " + ("64 for char, 256 for bpe and word)" if lm else "64)"))
+    p.add_argument("--tokenizer", choices=["char", "bpe", "word"], default="char",
+                   help="the vocabulary: char (one token per character), bpe (byte-level BPE trained with the "
+                        "`tokenizers` library on the training split: any text encodes, about 3-4 characters a "
+                        "token) or word (whitespace-separated words; rarer ones become <unk>) (default: char)")
+    p.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                   help="bpe/word: tokens in the vocabulary (default: 1024 for bpe, at most 16384 for word)")
+    p.add_argument("--min-count", type=int, default=None, metavar="N",
+                   help="fewest times a character (char), merge (bpe) or word (word) must occur in the training "
+                        f"text to enter the vocabulary (default: {'1 for char, ' if lm else ''}2)")
     if lm:
         p.add_argument("--dropout", type=float, default=None,
                        help="dropout between layers and before the output layer (default: 0.25 when the run will "
@@ -63,15 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a model from local files. Writes RUN_DIR/checkpoint.pt (best "
                                     "validation score), tokenizer.json and metrics.json.")
     trs = tr.add_subparsers(dest="what", required=True, metavar="WHAT")
-    lm = trs.add_parser("lm", help="character language model on UTF-8 text files",
-                        description="Train a character language model on one or more UTF-8 text files. "
-                                    "Debian fortune files (entries between lines holding only %%) are read "
-                                    "entry by entry; 5%% of the documents are held out for validation "
-                                    "(bits per char and perplexity).")
+    lm = trs.add_parser("lm", help="language model (characters, BPE or words) on UTF-8 text files",
+                        description="Train a language model on one or more UTF-8 text files. The last 5%% of a "
+                                    "continuous text is held out for validation (its contiguous tail); Debian "
+                                    "fortune files (entries between lines holding only %%) are read entry by "
+                                    "entry and 5%% of the entries are held out at random. Validation reports "
+                                    "bits per character of the held-out text, whatever the tokenizer, and "
+                                    "per-token perplexity.")
     lm.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
     lm.add_argument("--format", choices=["auto", "text", "fortune"], default="auto",
                     help="how to split the files into documents (default: auto-detect fortune files)")
-    lm.add_argument("--seq-len", type=int, default=64, help="characters per backprop-through-time chunk (default: 64)")
+    lm.add_argument("--seq-len", type=int, default=64, help="tokens per backprop-through-time chunk (default: 64)")
+    lm.add_argument("--val-split", choices=["tail", "shuffle"], default=None,
+                    help="hold out the text's contiguous tail, or documents at random (default: tail for a "
+                         "continuous text, shuffle for fortune entries)")
     add_train_common(lm, lm=True)
     cl = trs.add_parser("classifier", help="text classifier on a labelled CSV/TSV file",
                         description="Train a bidirectional 2-layer LSTM/GRU text classifier on a CSV or TSV "
@@ -79,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "per-class precision/recall and the confusion matrix.")
     cl.add_argument("--data", required=True, metavar="FILE", help="CSV/TSV with label and text columns")
     cl.add_argument("--val-data", metavar="FILE", help="separate validation CSV/TSV (default: hold out 10%% of --data)")
-    cl.add_argument("--max-len", type=int, default=400, help="characters of each text used (default: 400)")
+    cl.add_argument("--max-len", type=int, default=400,
+                    help="characters of each text read in training (tokens with --tokenizer bpe|word); the service "
+                         "reads a longer text in up to 4 windows of this length (default: 400)")
     add_train_common(cl, lm=False)
 
     # sample
@@ -95,14 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=None)
 
     # compare
-    cp = sub.add_parser("compare", help="train an LSTM and a GRU on the same budget and compare them",
-                        description="Train an LSTM and a GRU language model on the same text with the same "
-                                    "time budget and print parameters, training tokens/s, validation bpc "
-                                    "and inference tokens/s.")
+    cp = sub.add_parser("compare", help="train an LSTM and a GRU (per tokenizer) on one budget and compare them",
+                        description="Train an LSTM and a GRU language model, with each tokenizer asked for, on "
+                                    "the same text with the same time budget and print parameters, training "
+                                    "tokens/s, validation bits/char (one scale for every vocabulary), per-token "
+                                    "perplexity and inference tokens/s and characters/s.")
     cp.add_argument("--data", nargs="+", required=True, metavar="FILE")
     cp.add_argument("--time-budget", type=float, required=True, metavar="SECONDS", help="per model")
-    cp.add_argument("--out", default="runs/compare", help="where the two runs go (default: runs/compare)")
+    cp.add_argument("--out", default="runs/compare",
+                    help="where the runs go, a folder per cell and tokenizer (default: runs/compare)")
     cp.add_argument("--plot", metavar="FILE.png", help="draw the validation curves (needs matplotlib)")
+    cp.add_argument("--tokenizers", default="char", metavar="KINDS",
+                    help="comma-separated tokenizers to train each cell with, e.g. char,bpe (default: char)")
     cp.add_argument("--layers", type=int, default=1)
     cp.add_argument("--hidden", type=int, default=448)
     cp.add_argument("--seed", type=int, default=0)
@@ -165,21 +186,25 @@ def _lm_args(a):
     return LMArgs(data=a.data, out=a.out, cell=a.cell, layers=a.layers, hidden=a.hidden, embed=a.embed,
                   dropout=a.dropout, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr, steps=a.steps,
                   epochs=a.epochs, time_budget=a.time_budget, seed=a.seed, threads=a.threads,
-                  eval_every=a.eval_every, format=a.format, quiet=a.quiet)
+                  eval_every=a.eval_every, format=a.format, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
+                  min_count=a.min_count, val_split=a.val_split or "auto", quiet=a.quiet)
 
 
 def cmd_train(a) -> None:
     from export import train as T
     if a.what == "lm":
         m = T.train_lm(_lm_args(a))
-        print(f"best val bpc {m['val_bpc']:.3f} (ppl {m['val_ppl']:.2f}) at step {m['best_step']}; "
-              f"{m['train_tokens']:,} training tokens in {m['seconds']:.0f}s; saved to {a.out}")
+        print(f"best val bits/char {m['val_bpc']:.3f} on the held-out {m['val_split']} ({m['val_chars']:,} chars; "
+              f"per-token perplexity {m['val_ppl']:.2f}, {m['tokenizer']} vocabulary of {m['vocab_size']:,}, "
+              f"{m['chars_per_token']:.2f} chars/token) at step {m['best_step']}; {m['train_tokens']:,} training "
+              f"tokens in {m['seconds']:.0f}s; saved to {a.out}")
     else:
         args = T.ClassifierArgs(data=a.data, out=a.out, cell=a.cell, hidden=a.hidden, embed=a.embed,
                                 dropout=a.dropout, layers=a.layers, batch_size=a.batch_size, lr=a.lr,
                                 steps=a.steps, epochs=a.epochs, time_budget=a.time_budget, seed=a.seed,
                                 threads=a.threads, max_len=a.max_len, eval_every=a.eval_every,
-                                val_data=a.val_data, quiet=a.quiet)
+                                val_data=a.val_data, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
+                                min_count=2 if a.min_count is None else a.min_count, quiet=a.quiet)
         m = T.train_classifier(args)
         print(f"best val accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on {m['n_val']} rows "
               f"(step {m['best_step']}, {m['seconds']:.0f}s); saved to {a.out}")
@@ -191,8 +216,9 @@ def cmd_sample(a) -> None:
     model, tok, _ = load_run(a.run_dir)
     if model.config["kind"] != "lm":
         raise UserError(f"{a.run_dir}: holds a classifier; sample needs a language model")
-    text = a.prompt or "\n"
-    ids = tok.encode(text)
+    ids = tok.encode(a.prompt or "\n")  # a fresh text starts after a newline, a document boundary
+    if not ids:
+        raise UserError("--prompt: this vocabulary has no newline to start a text from (word level); give a prompt")
     out = model.generate(ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed)
     print(a.prompt + tok.decode(out))
 
@@ -202,7 +228,11 @@ def cmd_compare(a) -> None:
     from export.train import LMArgs
     base = LMArgs(data=a.data, out=a.out, layers=a.layers, hidden=a.hidden, time_budget=a.time_budget,
                   seed=a.seed, threads=a.threads, quiet=a.quiet)
-    print(format_table(compare(base, a.plot)))
+    kinds = [k.strip() for k in a.tokenizers.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ("char", "bpe", "word")]
+    if not kinds or unknown:
+        raise UserError(f"--tokenizers: {', '.join(unknown) or 'nothing given'}: choose from char, bpe, word")
+    print(format_table(compare(base, a.plot, kinds)))
 
 
 def cmd_export(a) -> None:
@@ -254,7 +284,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # user-facing errors from both halves share one shape
-        if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError", "LabelledFileError"):
+        if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError", "LabelledFileError",
+                                "TokenizerError", "EncodeError"):
             print(f"rnnserve {a.command}: error: {e}", file=sys.stderr)
             return 2
         raise

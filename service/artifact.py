@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from . import tokenizer as T
+
 SUPPORTED_FORMAT = 1
-DEFAULT_MAX_CHARS = 400  # characters of one window a classifier reads when its manifest does not say (`max_chars`)
-READ_WINDOWS = 4         # a longer text is read in up to this many windows of `max_chars` (service/classifier.py)
+DEFAULT_MAX_CHARS = 400  # characters (tokens) of one window a classifier reads when its manifest does not say
+READ_WINDOWS = 4         # a longer text is read in up to this many windows (service/classifier.py)
 REQUIRED_KEYS = ("format_version", "kind", "cell", "layers", "hidden", "vocab_size", "bidirectional",
                  "inputs", "outputs", "pad_id", "unk_id", "onnx_sha256", "opset")
 # The graph's input and output names by (kind, cell): the contract of docs/artifact.md, written once.
@@ -42,45 +44,6 @@ class ArtifactError(Exception):
     """An artifact that cannot be served; the message names the file and the problem."""
 
 
-class CharTokenizer:
-    """The `char` tokenizer of tokenizer.json: id = position in `vocab`; 0 pad, 1 unknown."""
-
-    def __init__(self, vocab: list[str], pad_id: int, unk_id: int):
-        self.itos = vocab
-        self.pad_id, self.unk_id = pad_id, unk_id
-        self.stoi = {c: i for i, c in enumerate(vocab) if i not in (pad_id, unk_id)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def encode(self, text: str) -> list[int]:
-        get, unk = self.stoi.get, self.unk_id
-        return [get(c, unk) for c in text]
-
-    def piece(self, token_id: int) -> str:
-        """The text of one generated id: padding gives nothing, the unknown id U+FFFD."""
-        if token_id == self.pad_id:
-            return ""
-        return self.itos[token_id] if token_id != self.unk_id else "\ufffd"
-
-    def decode(self, ids) -> str:
-        return "".join(self.piece(int(i)) for i in ids)
-
-
-def load_tokenizer(path: Path) -> CharTokenizer:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: cannot read tokenizer ({e})") from None
-    if d.get("type") != "char":
-        raise ArtifactError(f"{path}: tokenizer type {d.get('type')!r} is not supported (supported: 'char')")
-    vocab = d.get("vocab")
-    if not isinstance(vocab, list) or len(vocab) < 3:
-        raise ArtifactError(f"{path}: 'vocab' must be a list of at least 3 entries")
-    return CharTokenizer(vocab, int(d.get("pad_id", 0)), int(d.get("unk_id", 1)))
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,7 +57,7 @@ class Artifact:
     name: str
     path: Path
     manifest: dict
-    tokenizer: CharTokenizer
+    tokenizer: T.Tokenizer
     session: ort.InferenceSession
     onnx_file: str
     labels: list[str] = field(default_factory=list)
@@ -141,22 +104,23 @@ class Artifact:
 
     def info(self) -> dict:
         m = self.manifest
+        clf = m["kind"] == "classifier"
+        by_chars = self.tokenizer.type == "char"
         return {"name": self.name, "kind": m["kind"], "cell": m["cell"], "layers": m["layers"],
-                "hidden": m["hidden"], "vocab_size": m["vocab_size"], "labels": m.get("labels"),
-                "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
+                "hidden": m["hidden"], "vocab_size": m["vocab_size"], "tokenizer": self.tokenizer.type,
+                "labels": m.get("labels"), "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
                 "metrics": m.get("metrics"), "state_bytes": self.state_bytes if m["kind"] == "lm" else None,
-                **({"max_chars": self.window_chars, "read_chars": self.read_chars}
-                   if m["kind"] == "classifier" else {"max_chars": None, "read_chars": None})}
+                "max_chars": self.window if clf and by_chars else None,
+                "read_chars": self.window * READ_WINDOWS if clf and by_chars else None,
+                "max_tokens": self.window if clf and not by_chars else None,
+                "read_tokens": self.window * READ_WINDOWS if clf and not by_chars else None}
 
     @property
-    def window_chars(self) -> int:
-        """Characters a classifier reads at once: what it was trained on (the manifest's `max_chars`)."""
-        return int(self.manifest.get("max_chars") or DEFAULT_MAX_CHARS)
-
-    @property
-    def read_chars(self) -> int:
-        """Characters of one text a classifier reads in all: READ_WINDOWS windows."""
-        return self.window_chars * READ_WINDOWS
+    def window(self) -> int:
+        """What a classifier reads at once, as it was trained: characters (the manifest's `max_chars`) with a
+        `char` tokenizer, tokens (`max_tokens`) with any other."""
+        key = "max_chars" if self.tokenizer.type == "char" else "max_tokens"
+        return int(self.manifest.get(key) or DEFAULT_MAX_CHARS)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -234,7 +198,14 @@ def load_artifact(folder: str | Path, name: str | None = None, int8: bool = Fals
     if got_in != m["inputs"] or got_out != m["outputs"]:
         raise ArtifactError(f"{onnx_path}: graph inputs/outputs {got_in}/{got_out} do not match "
                             f"model.json's {m['inputs']}/{m['outputs']}")
-    tok = load_tokenizer(folder / m.get("tokenizer", "tokenizer.json"))
+    tok_path = folder / m.get("tokenizer", "tokenizer.json")
+    try:
+        tok = T.load(tok_path, m["pad_id"], m["unk_id"])
+    except T.TokenizerError as e:
+        raise ArtifactError(str(e)) from None
+    if m.get("tokenizer_type", "char") != tok.type:
+        raise ArtifactError(f"{folder / 'tokenizer.json'}: a {tok.type!r} tokenizer, but model.json says "
+                            f"tokenizer_type {m.get('tokenizer_type', 'char')!r}")
     if tok.vocab_size != m["vocab_size"]:
         raise ArtifactError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} entries but model.json "
                             f"says vocab_size {m['vocab_size']}")

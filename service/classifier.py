@@ -1,12 +1,14 @@
 """A classifier artifact applied to texts: class probabilities, in length-bucketed padded calls.
 
 This is the one path from texts to probabilities: the /classify worker, `rnnserve eval` and the
-benchmark's model-alone figures all go through `classify_texts`.
+benchmark's model-alone figures all go through `classify` (or `classify_texts`).
 
-A classifier is trained on texts of at most `max_chars` characters (its manifest says). A longer text is
-read in windows of at most that many characters, cut between words, up to READ_WINDOWS windows; their
-log-probabilities, weighted by window length, are averaged (a product of the windows' answers, as a
-character n-gram identifier scores a whole text). A text longer than that is read up to the limit only.
+A classifier is trained on texts of at most a window's length (its manifest says: `max_chars` characters
+for a `char` tokenizer, `max_tokens` tokens for any other). A longer text is read in windows of at most that
+length, up to READ_WINDOWS windows: by characters, cut between words; by tokens, even runs of its tokens.
+The windows' log-probabilities, weighted by window length, are averaged (a product of the windows'
+answers, as a character n-gram identifier scores a whole text). A text longer than that is read up to the
+limit only, and said to be truncated.
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from .artifact import READ_WINDOWS, Artifact
 
 
 def max_chars(art: Artifact) -> int:
-    """Characters of one window: what the classifier was trained on (the manifest's `max_chars`)."""
-    return art.window_chars
+    """One window: what the classifier was trained on (characters, or tokens for a subword tokenizer)."""
+    return art.window
 
 
 def read_chars(art: Artifact) -> int:
-    """Characters of a text the classifier reads in all: READ_WINDOWS windows."""
-    return art.read_chars
+    """What of a text the classifier reads in all: READ_WINDOWS windows (characters, or tokens)."""
+    return art.window * READ_WINDOWS
 
 
 def windows(text: str, n: int, most: int = READ_WINDOWS) -> list[str]:
@@ -65,14 +67,35 @@ def length_buckets(items: list, max_rows: int = 256, spread: float = 1.5, slack:
     return out
 
 
-def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
-    """Class probabilities for any number of texts, in input order: every window of every text in
-    length-sorted, bucketed calls; a text's windows combined by their length-weighted mean log-probability."""
-    n = max_chars(art)
-    pieces = [(w, i) for i, t in enumerate(texts) for w in windows(t, n)]
+def token_windows(ids: list[int], n: int, most: int = READ_WINDOWS) -> list[list[int]]:
+    """`ids` (their first n x most) as the fewest runs of at most n, of even lengths."""
+    ids = ids[: n * most]
+    k = max(1, -(-len(ids) // n))
+    bounds = [round(i * len(ids) / k) for i in range(k + 1)]
+    return [ids[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def text_windows(art: Artifact, text: str) -> tuple[list[list[int]], bool]:
+    """The ids of the windows the classifier reads of `text`, and whether the text is longer than that."""
+    tok, n = art.tokenizer, art.window
+    if tok.type == "char":
+        return [tok.encode(w) for w in windows(text, n)], len(text) > n * READ_WINDOWS
+    ids = tok.encode(text)
+    return token_windows(ids, n), len(ids) > n * READ_WINDOWS
+
+
+def classify(art: Artifact, texts: list[str]) -> tuple[list[np.ndarray], list[bool]]:
+    """Class probabilities for any number of texts, in input order, and which texts were truncated: every
+    window of every text in length-sorted, bucketed calls; a text's windows combined by their
+    length-weighted mean log-probability."""
+    pieces, truncated = [], []
+    for i, t in enumerate(texts):
+        seqs, cut = text_windows(art, t)
+        pieces += [(s, i) for s in seqs]
+        truncated.append(cut)
     logp = np.zeros((len(pieces), len(art.labels)))
     for chunk in length_buckets(sorted((len(w), j) for j, (w, _) in enumerate(pieces))):
-        probs = classify_batch(art, [pieces[j][0] for _, j in chunk])
+        probs = classify_ids(art, [pieces[j][0] for _, j in chunk])
         logp[[j for _, j in chunk]] = np.log(np.maximum(probs, 1e-30))
     weight = np.array([max(1, len(w)) for w, _ in pieces], dtype=np.float64)
     owner = np.array([i for _, i in pieces], dtype=np.int64)
@@ -80,16 +103,28 @@ def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
     np.add.at(total, owner, logp * weight[:, None])
     total /= np.bincount(owner, weights=weight, minlength=len(texts))[:, None]
     e = np.exp(total - total.max(1, keepdims=True))
-    return list(e / e.sum(1, keepdims=True))
+    return list(e / e.sum(1, keepdims=True)), truncated
+
+
+def classify_texts(art: Artifact, texts: list[str]) -> list[np.ndarray]:
+    """Class probabilities for any number of texts, in input order (see `classify`)."""
+    return classify(art, texts)[0]
 
 
 def classify_batch(art: Artifact, texts: list[str]) -> np.ndarray:
-    """Class probabilities for a list of texts (one padded ORT call), each read up to `max_chars(art)`:
-    one window each."""
-    n = max_chars(art)
-    seqs = [art.tokenizer.encode(t[:n]) or [art.tokenizer.unk_id] for t in texts]
+    """Class probabilities for a list of texts (one padded ORT call), each read up to one window."""
+    n, tok = art.window, art.tokenizer
+    return classify_ids(art, [tok.encode(t[:n]) if tok.type == "char" else tok.encode(t)[:n] for t in texts])
+
+
+def classify_ids(art: Artifact, seqs: list[list[int]]) -> np.ndarray:
+    """Class probabilities for id sequences (one padded ORT call). An empty one (a text of spaces to a word
+    tokenizer) is read as the unknown token, or padding where there is none."""
+    tok = art.tokenizer
+    filler = [tok.unk_id if tok.unk_id is not None else (tok.pad_id or 0)]
+    seqs = [s or filler for s in seqs]
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    tokens = np.full((len(seqs), int(lengths.max())), art.tokenizer.pad_id, dtype=np.int64)
+    tokens = np.full((len(seqs), int(lengths.max())), tok.pad_id or 0, dtype=np.int64)
     for i, s in enumerate(seqs):
         tokens[i, : len(s)] = s
     logits, _ = art.run(tokens, lengths=lengths)

@@ -48,9 +48,9 @@ class Overloaded(Exception):
 class Slot:
     """A request's running state inside the engine (engine thread only)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
-                 "t_first", "tokens_seen")
+                 "t_first", "tokens_seen", "piece", "pending")
 
-    def __init__(self, req: GenerationRequest, bos_ids: list[int], zero_state: list[np.ndarray]):
+    def __init__(self, req: GenerationRequest, engine: "Engine"):
         self.req = req
         start = req.start
         if start is not None:
@@ -58,9 +58,12 @@ class Slot:
             self.feed = [start.next_token] + req.prompt_ids
             self.tokens_seen = start.tokens_seen
         else:
-            self.state = zero_state
-            self.feed = bos_ids + req.prompt_ids
+            self.state = engine.art.zero_state(1)
+            self.feed = engine.bos_ids + req.prompt_ids
             self.tokens_seen = 0
+        self.piece = engine.stream(self.feed)  # this row's incremental decoder: id -> new text, whole characters
+        # byte-level vocabularies: the bytes of a character begun and not finished (Utf8Guard)
+        self.pending = engine.guard.pending_of(self.feed) if engine.guard else b""
         self.cursor = 0
         self.next_token = 0
         self.generated = 0
@@ -94,9 +97,11 @@ class Engine:
         self.deliver = deliver
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.metrics = metrics or Metrics()
-        bos = artifact.manifest.get("bos_text") or "\n"
-        self.bos_ids = artifact.tokenizer.encode(bos) or [artifact.tokenizer.unk_id]
-        self.piece = artifact.tokenizer.piece
+        # fed before a fresh prompt (a document boundary); none for a model that starts from the prompt alone
+        bos = artifact.manifest.get("bos_text", "\n")
+        self.bos_ids = artifact.tokenizer.encode(bos) if bos else []
+        self.stream = artifact.tokenizer.stream
+        self.guard = artifact.tokenizer.utf8_guard()  # byte-level vocabularies: only valid UTF-8 is sampled
         self.pad_id = artifact.tokenizer.pad_id
         self._inbox: deque[GenerationRequest] = deque()
         self._cv = threading.Condition()
@@ -162,7 +167,7 @@ class Engine:
             log.critical("engine %s stopped: %r", self.name, e)
             with self._cv:
                 self._running = False
-                rows = [Slot(r, self.bos_ids, self.art.zero_state(1)) for r in self._inbox]
+                rows = [Slot(r, self) for r in self._inbox]
                 self._inbox.clear()
                 self.prefilling += rows
             self.deliver(self._fail_all(e))
@@ -183,7 +188,7 @@ class Engine:
                 if not self._running:
                     return
                 while self._inbox and len(self.prefilling) + len(self.active) < self.max_batch:
-                    self.prefilling.append(Slot(self._inbox.popleft(), self.bos_ids, self.art.zero_state(1)))
+                    self.prefilling.append(Slot(self._inbox.popleft(), self))
             self.heartbeat = time.monotonic()
             events: list[tuple[GenerationRequest, Event]] = []
             try:
@@ -271,7 +276,10 @@ class Engine:
         tokens = np.fromiter((s.next_token for s in self.active), dtype=np.int64, count=batch)[:, None]
         logits, self.state = self.art.run(tokens, self.state)
         logits = logits[:, 0, :]
-        logits[:, self.pad_id] = -np.inf  # padding is not text: never generated, however hot the sampling
+        if self.pad_id is not None:
+            logits[:, self.pad_id] = -np.inf  # padding is not text: never generated, however hot the sampling
+        if self.guard is not None:
+            self._keep_utf8(logits)
         temp, topk, topp = self._batch_params()
         uniforms = np.fromiter((s.req.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
         new = sample(logits, temp, topk, topp, uniforms).tolist()
@@ -279,22 +287,24 @@ class Engine:
         self.metrics.step(batch, now - t0)
         keep = None
         firsts = 0
-        piece_of = self.piece
+        guard = self.guard
         for i, (s, tok) in enumerate(zip(self.active, new)):
             s.next_token = tok
             s.generated += 1
+            if guard is not None:
+                s.pending = guard.after(s.pending, tok)
             if s.t_first is None:
                 s.t_first = now
                 firsts += 1
                 self.metrics.first_token(now - s.req.arrival)
             if s.req.stop:
-                s.text += piece_of(tok)
+                s.text += s.piece(tok)
                 reason = self._check_stop(s)
                 if reason is None and s.generated >= s.req.max_tokens:
                     reason = "length"
                 piece = self._emittable(s, final=reason is not None)
             else:  # the common case, kept short: nothing to hold back
-                piece = piece_of(tok)
+                piece = s.piece(tok)
                 s.text += piece
                 s.sent = len(s.text)
                 reason = "length" if s.generated >= s.req.max_tokens else None
@@ -312,6 +322,15 @@ class Engine:
         self._last_step_end = now
         if keep is not None:
             self._retire(keep)
+
+    def _keep_utf8(self, logits: np.ndarray) -> None:
+        """Mask the tokens that would make a row's bytes invalid UTF-8 (Utf8Guard): the fixed set at a
+        character boundary for every row, then each row inside a character gets its own mask."""
+        inside = [(i, s.pending) for i, s in enumerate(self.active) if s.pending]
+        rows = [logits[i].copy() for i, _ in inside]
+        logits[:, self.guard.banned] = -np.inf
+        for (i, pending), row in zip(inside, rows):
+            logits[i] = np.where(self.guard.allowed(pending), row, -np.inf)
 
     def _check_stop(self, s: Slot) -> str | None:
         stop = s.req.stop

@@ -1,7 +1,8 @@
 """`rnnserve eval`: score an exported artifact with onnxruntime alone.
 
-Language model: bits per character over a text file, read as parallel streams
-whose state is carried chunk to chunk. Classifier: accuracy, macro-F1,
+Language model: bits per character over a text file (whatever the tokenizer:
+the tokens' losses over the characters they stand for), read as parallel
+streams whose state is carried chunk to chunk. Classifier: accuracy, macro-F1,
 per-class precision/recall and the confusion matrix over a labelled CSV/TSV.
 `classification_report` is also what training reports, so the figures agree.
 """
@@ -15,6 +16,7 @@ import numpy as np
 from .artifact import ArtifactError, load_artifact
 from .classifier import classify_texts
 from .labelled import read_labelled, read_text
+from .tokenizer import EncodeError
 
 LN2 = math.log(2)
 
@@ -40,12 +42,16 @@ def classification_report(y_true: list[int], y_pred: list[int], labels: list[str
             "confusion": conf, "labels": labels}
 
 
-def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
+def lm_bpc(art, ids: list[int], chars: list[int] | None = None, streams: int = 16, chunk: int = 256) -> dict:
+    """The text's ids read as `streams` parallel rows, state carried chunk to chunk: cross-entropy per token
+    (`loss`, `perplexity`) and bits per character (`bpc`: the predicted tokens' losses in bits over the
+    characters they stand for, `chars` per token; one each when None, as for a character model)."""
     streams = max(1, min(streams, len(ids) // 2))
     n = len(ids) // streams
     rows = np.asarray(ids[: n * streams], dtype=np.int64).reshape(streams, n)
+    widths = np.asarray((chars if chars is not None else [1] * len(ids))[: n * streams]).reshape(streams, n)
     state = art.zero_state(streams)
-    total, count = 0.0, 0
+    total, count, n_chars = 0.0, 0, 0
     for i in range(0, n - 1, chunk):
         x = rows[:, i:i + chunk]
         y = rows[:, i + 1:i + 1 + chunk]
@@ -57,8 +63,10 @@ def lm_bpc(art, ids: list[int], streams: int = 16, chunk: int = 256) -> dict:
         picked = np.take_along_axis(logits, y[..., None], -1)[..., 0]
         total += float((logz - picked).sum())
         count += y.size
+        n_chars += int(widths[:, i + 1:i + 1 + y.shape[1]].sum())
     loss = total / count
-    return {"bpc": loss / LN2, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
+    return {"bpc": total / LN2 / max(1, n_chars), "loss": loss, "perplexity": math.exp(loss), "tokens": count,
+            "characters": n_chars}
 
 
 def langid_py(labels: list[str]):
@@ -81,12 +89,16 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
     path = Path(data)
     if art.kind == "lm":
         text = read_text(path)[:limit]
-        ids = art.tokenizer.encode(text)
+        try:
+            ids, chars = art.tokenizer.encode_counted(text)
+        except EncodeError as e:
+            raise ArtifactError(f"{path}: {e}") from None
         if len(ids) < 4:
-            raise ArtifactError(f"{path}: too little text to evaluate ({len(ids)} characters)")
-        r = lm_bpc(art, ids)
+            raise ArtifactError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
+        r = lm_bpc(art, ids, chars)
+        unk = art.tokenizer.unk_id
         r.update(kind="lm", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
-                 unknown_chars=sum(1 for i in ids if i == art.tokenizer.unk_id))
+                 tokenizer=art.tokenizer.type, unknown_tokens=sum(1 for i in ids if i == unk) if unk is not None else 0)
         return r
     labelled = read_labelled(path)
     rows = labelled.rows[:limit]
@@ -115,9 +127,10 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
 def format_report(r: dict) -> str:
     if r["kind"] == "lm":
         s = (f"{r['artifact']} ({r['onnx']}) on {r['data']}\n"
-             f"  bits/char   {r['bpc']:.4f}\n  perplexity  {r['perplexity']:.3f}\n  characters  {r['tokens']:,}")
-        if r["unknown_chars"]:
-            s += f"\n  unknown     {r['unknown_chars']:,} characters outside the vocabulary"
+             f"  bits/char   {r['bpc']:.4f}\n  perplexity  {r['perplexity']:.3f} per token\n"
+             f"  characters  {r['characters']:,}\n  tokens      {r['tokens']:,} ({r['tokenizer']})")
+        if r["unknown_tokens"]:
+            s += f"\n  unknown     {r['unknown_tokens']:,} tokens outside the vocabulary"
         return s
     labels = r["labels"]
     w = max(7, *(len(l) for l in labels)) + 1

@@ -43,7 +43,7 @@ except ImportError as e:  # pragma: no cover — only with an untested LitServe
                       f"{ls.__version__} lacks what it uses: {e}") from e
 
 from .artifact import load_artifact, read_manifest
-from .classifier import classify_texts, read_chars
+from .classifier import classify
 from .errors import RequestError, json_bytes
 from .memory import trim_when_idle
 
@@ -123,18 +123,18 @@ class ClassifyAPI(ls.LitAPI):
         for i, r in enumerate(batch):
             by_model.setdefault(r["model"], []).append(i)
         for name, rows in by_model.items():
-            probs = iter(classify_texts(self.models[name], [t for i in rows for t in batch[i]["texts"]]))
+            probs, cut = classify(self.models[name], [t for i in rows for t in batch[i]["texts"]])
+            answers = iter(zip(probs, cut))
             for i in rows:
-                results[i] = [next(probs) for _ in batch[i]["texts"]]
+                results[i] = [next(answers) for _ in batch[i]["texts"]]
         self.last_work[0] = time.monotonic()
         return [self._body(r, res) for r, res in zip(batch, results)]
 
-    def _body(self, r: dict, probs: list) -> bytes:
-        art = self.models[r["model"]]
-        labels, n = art.labels, read_chars(art)
+    def _body(self, r: dict, answers: list) -> bytes:
+        labels = self.models[r["model"]].labels
         items = [{"label": labels[int(p.argmax())], "scores": {l: round(float(v), 6) for l, v in zip(labels, p)},
-                  "truncated": len(t) > n}  # the model read only the first n characters
-                 for p, t in zip(probs, r["texts"])]
+                  "truncated": cut}  # the model read only the beginning (read_chars or read_tokens of /info)
+                 for p, cut in answers]
         body = {"model": r["model"], **items[0]} if r["single"] else {"model": r["model"], "results": items}
         return json_bytes(body)
 

@@ -20,6 +20,7 @@ from .litserve_adapter import ClassifyBatcher
 from .runtime import Runtime
 from .schemas import ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
 from .sessions import SessionError
+from .tokenizer import EncodeError
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -77,8 +78,24 @@ class Routes:
             raise RequestError(422, f"model: unknown model {c.model!r} (classifiers served: {', '.join(served)})",
                                "model", "invalid_value")
         single = c.texts is None
-        pending = self.batcher.classify(c.model or served[0], [c.text] if single else c.texts, single)
+        name = c.model or served[0]
+        texts = [c.text] if single else c.texts
+        self._encodable(name, texts, single)
+        pending = self.batcher.classify(name, texts, single)
         return Response(await streaming.unless_gone(pending, request), media_type="application/json")
+
+    def _encodable(self, model: str, texts: list[str], single: bool) -> None:
+        """A vocabulary without an unknown token cannot read every text: 422 naming the text and the word, before
+        anything is batched (other vocabularies read anything)."""
+        tok = self.rt.classifiers[model].tokenizer
+        if tok.reads_any_text:
+            return
+        for i, text in enumerate(texts):
+            try:
+                tok.encode(text)
+            except EncodeError as e:
+                field = "text" if single else f"texts[{i}]"
+                raise RequestError(422, f"{field}: {e}", "text" if single else "texts", "invalid_value") from None
 
     async def models(self, request: Request):
         created = int(self.rt.started)

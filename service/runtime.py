@@ -22,9 +22,11 @@ from .errors import RequestError, busy
 from .metrics import ServiceMetrics
 from .sampler import SamplingParams
 from .sessions import Claim, SessionBusy, SessionError, SessionStore
+from .tokenizer import EncodeError
 
 log = logging.getLogger("rnnserve")
 
+LONG_PROMPT = 1024  # characters: a longer prompt to a subword tokenizer is encoded off the event loop
 SESSION_ERROR_TYPES = {404: "session_not_found", 409: "session_busy", 503: "session_store_unavailable"}
 
 
@@ -59,6 +61,11 @@ class Channel:
         items, self.items = self.items, []
         self.last_take = time.monotonic()
         return items
+
+
+def empty_prompt() -> RequestError:
+    return RequestError(422, "prompt: must not be empty for this model: it has no start text (bos_text) to begin "
+                             "a fresh text from", "prompt", "invalid_value")
 
 
 def session_error(e: SessionError) -> RequestError:
@@ -189,13 +196,17 @@ class Runtime:
         if self.draining:
             raise busy("server shutting down; retry on another replica")
         model = self.lm_name(model)
+        prompt_ids = await self.encode_prompt(model, prompt, fresh=session_id is None)
         claim = None
         if session_id is not None:
             try:
                 claim = await self._store(self.store.claim, session_id, model)
             except SessionError as e:
                 raise session_error(e) from None
-        req = GenerationRequest(self.lms[model].tokenizer.encode(prompt), max_tokens, sampling, stop,
+        if claim is not None and claim.state is None and not prompt_ids and not self.by_model[model][0].bos_ids:
+            await self._store(self.store.release, claim)
+            raise empty_prompt()
+        req = GenerationRequest(prompt_ids, max_tokens, sampling, stop,
                                 start=claim.state if claim else None, keep_state=claim is not None,
                                 reply=Channel(final_only=not stream))
         if claim is not None:
@@ -211,6 +222,21 @@ class Runtime:
                 await self._store(self.store.release, claim)
             raise busy(f"server busy: {e}; retry shortly") from None
         return req
+
+    async def encode_prompt(self, model: str, prompt: str, fresh: bool) -> list[int]:
+        """The prompt's ids; 422 naming the word or character a vocabulary without an unknown token cannot
+        encode, or an empty prompt to a model that has no start text (`bos_text`) to begin a fresh text from.
+        A long prompt to a `tokenizers` vocabulary is encoded off the event loop (8,192 characters take about
+        4 ms to byte-level BPE; the library lets go of the GIL meanwhile), so the streams' writes go on."""
+        tok = self.lms[model].tokenizer
+        try:
+            ids = await asyncio.to_thread(tok.encode, prompt) if len(prompt) > LONG_PROMPT and tok.type != "char" \
+                else tok.encode(prompt)
+        except EncodeError as e:
+            raise RequestError(422, f"prompt: {e}", "prompt", "invalid_value") from None
+        if fresh and not ids and not self.by_model[model][0].bos_ids:
+            raise empty_prompt()
+        return ids
 
     # engine thread -> event loop, once per step
     def _deliver(self, events: list[tuple[GenerationRequest, Event]]) -> None:

@@ -90,7 +90,7 @@ def artifacts(tmp_path_factory):
     # for the tests that must catch a stream while it runs
     import torch
     from export.models import LanguageModel
-    from export.tokenizer import load as load_tok
+    from service.tokenizer import load as load_tok
     from export.train import save_run, write_json
     torch.manual_seed(0)
     tok = load_tok(root / "run-lm" / "tokenizer.json")

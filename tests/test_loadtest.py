@@ -35,6 +35,7 @@ def test_benchmark_clients_measure_real_traffic(server, tmp_path):
     s = run("stream", "--concurrency", 4, "--tokens", 16, "--model", "tinylm")
     assert s["failures"] == 0 and s["requests"] == 4
     assert s["tokens"] == 4 * 16 and s["ttft_p50"] > 0 and s["tokens_per_event"] >= 1
+    assert 0 < s["chars"] <= s["tokens"] and s["chars_per_s"] > 0  # characters as streamed (one per token, or none)
     texts = tmp_path / "t.csv"
     texts.write_text("label,text\nsoft,a gentle breeze\nhard,rock and stone\n")
     c = run("classify", "--concurrency", 8, "--seconds", 1, "--texts", texts)

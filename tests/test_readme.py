@@ -31,7 +31,9 @@ def bundled(tmp_path_factory):
 
 
 def run_sh(script: str, url: str) -> str:
-    p = subprocess.run(["bash", "-e", "-c", script.replace("http://127.0.0.1:8000", url)], capture_output=True,
+    """Run a README block against `url` (the README's http://127.0.0.1:8000)."""
+    script = script.replace("http://127.0.0.1:8000", url)
+    p = subprocess.run(["bash", "-e", "-c", script], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     return p.stdout
@@ -64,3 +66,4 @@ def test_the_openai_example_runs(bundled):
                        capture_output=True, text=True, timeout=120, env={**os.environ})
     assert p.returncode == 0, p.stderr
     assert len(p.stdout) == 80  # 80 tokens of one character each
+

@@ -75,13 +75,13 @@ def test_the_page_is_self_contained_and_accessible(site):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in r.headers["content-security-policy"]
     assert not re.search(r"""(src|href)=["']https?://""", r.text)  # no CDN, no external font
-    for id_ in ("prompt", "generate", "stop", "output", "ttft", "tps", "conversation", "classify-text", "classify",
-                "classify-result", "api-key", "error"):
+    for id_ in ("prompt", "generate", "stop", "output", "ttft", "tps", "tokens", "cps", "chars", "conversation",
+                "classify-text", "classify", "classify-result", "api-key", "error"):
         assert f'id="{id_}"' in r.text, id_
     open_page(s, d)
     for el in d.find_elements("css selector", "input, select, textarea"):  # every control has a label
         assert d.find_elements("css selector", f'label[for="{el.get_attribute("id")}"]'), el.get_attribute("id")
-    assert [o.text for o in d.find_elements("css selector", "#model option")] == ["fortunes"]
+    assert [o.text for o in d.find_elements("css selector", "#model option")] == ["fortunes", "fortunes-bpe"]
     assert [o.text for o in d.find_elements("css selector", "#classify-model option")] == ["langid"]
 
 
@@ -97,6 +97,21 @@ def test_generating_with_a_seed_gives_the_text_the_api_gives(site):
     assert d.find_element("id", "ttft").text.endswith("ms") and d.find_element("id", "tokens").text == "60"
 
 
+def test_a_subword_model_streams_whole_characters_and_counts_its_tokens(site):
+    from selenium.webdriver.support.ui import Select
+    s, d = site
+    open_page(s, d)
+    Select(d.find_element("id", "model")).select_by_value("fortunes-bpe")
+    fill(d, prompt="Love is", temperature=0.8, max_tokens=60, seed=12)
+    d.find_element("id", "generate").click()
+    wait(lambda: d.find_element("id", "finish").text not in ("…", "–"))
+    api = httpx.post(s.url + "/generate", json={"prompt": "Love is", "temperature": 0.8, "max_tokens": 60, "seed": 12,
+                                                "model": "fortunes-bpe", "stream": False}).json()
+    assert generated(d) == api["text"] and "\ufffd" not in api["text"]
+    assert d.find_element("id", "tokens").text == "60" and d.find_element("id", "tps").text not in ("–", "")
+    assert int(d.find_element("id", "chars").text) == len(api["text"]) > 60  # several characters a token
+
+
 def test_the_text_streams_in_and_stop_frees_the_slot(site):
     s, d = site
     open_page(s, d)
@@ -104,12 +119,12 @@ def test_the_text_streams_in_and_stop_frees_the_slot(site):
     d.find_element("id", "generate").click()
     seen = []
     while len(seen) < 4:  # the output grows over several reads before the final event
-        n = int(d.find_element("id", "tokens").text or 0)
+        n = int(d.find_element("id", "chars").text or 0)
         if n and (not seen or n > seen[-1]):
             seen.append(n)
         assert d.find_element("id", "finish").text == "…", "finished before it could be watched"
         time.sleep(0.02)
-    assert d.find_element("id", "tps").text not in ("–", "")
+    assert d.find_element("id", "cps").text not in ("–", "")
     d.find_element("id", "stop").click()
     wait(lambda: d.find_element("id", "finish").text == "stopped")
 
@@ -118,7 +133,7 @@ def test_the_text_streams_in_and_stop_frees_the_slot(site):
                     if l.startswith("rnnserve_active_streams "))
         return float(line.split()[1]) == 0
     wait(active, 10)
-    assert int(d.find_element("id", "tokens").text) < 4096
+    assert int(d.find_element("id", "chars").text) < 4096
 
 
 def test_a_two_turn_conversation(site):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from contextlib import contextmanager
 import shutil
 import tempfile
 import warnings
@@ -187,10 +188,7 @@ def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out}: already exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is read by other users (e.g. in the image)
-    try:
+    with staged(out) as tmp:
         onnx_path = tmp / "model.onnx"
         _export_graph(model, onnx_path, opset)
         parity = _parity(model, onnx_path, tok, parity_texts)
@@ -238,21 +236,38 @@ def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list
                                 "parity": _parity(model, q, tok, parity_texts)}
         elif quantize:
             raise ExportError(f"--quantize: unknown mode {quantize!r} (known: int8)")
-        if tokenizer_file is not None:
-            shutil.copy(tokenizer_file, tmp / "tokenizer.json")  # the file as it is (a `tokenizers` file unchanged)
-        else:
-            tok.save(tmp / "tokenizer.json")
-        write_manifest(tmp, manifest)
-        if measure is not None:
-            manifest["metrics"] = {**metrics, **measure(tmp)}
-            write_manifest(tmp, manifest)
+        finish(tmp, manifest, tok, tokenizer_file, measure)
+    return manifest
+
+
+@contextmanager
+def staged(out: Path):
+    """A temporary folder beside `out` that replaces `out` when the block ends, and is removed when it raises:
+    a refused export or import leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is read by other users (e.g. in the image)
+    try:
+        yield tmp
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
-        return manifest
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(folder: Path, manifest: dict, tok, tokenizer_file: Path | None = None, measure=None) -> None:
+    """An artifact's tokenizer.json (a `tokenizers` file copied as it is) and model.json; `measure(folder)`, when
+    given, adds figures measured on the finished folder to the manifest's metrics."""
+    if tokenizer_file is not None:
+        shutil.copy(tokenizer_file, folder / "tokenizer.json")
+    else:
+        tok.save(folder / "tokenizer.json")
+    write_manifest(folder, manifest)
+    if measure is not None:
+        manifest["metrics"] = {**manifest["metrics"], **measure(folder)}
+        write_manifest(folder, manifest)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -20,6 +20,15 @@ examples:
 """
 
 
+IMPORT_EXAMPLES = """\
+examples:
+  rnnserve import lm --state-dict lm.pt --tokenizer vocab.json --out artifacts/mylm
+  rnnserve import lm --state-dict lm.pt --tokenizer vocab.json --bos-text $'\\n' --check-text held_out.txt --out a/lm
+  rnnserve import classifier --state-dict clf.pt --tokenizer vocab.txt --labels neg,pos --out artifacts/sentiment
+  rnnserve import lm --onnx theirs.onnx --tokenizer tokenizer.json --rename input_ids=tokens,h=h0,h_out=hn --out a/x
+"""
+
+
 class UserError(Exception):
     """Raised for problems the user can fix; printed as one line, exit code 2."""
 
@@ -142,6 +151,50 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised model.int8.onnx")
     ex.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
 
+    # import
+    im = sub.add_parser("import", help="take in a model trained elsewhere: a PyTorch state dict or an ONNX graph",
+                        description="Make an artifact of a model trained outside rnnserve. A state dict "
+                                    "(torch.save(model.state_dict(), path); read with weights_only=True, so no "
+                                    "pickled code runs) of the textbook shape Embedding -> nn.LSTM|nn.GRU -> "
+                                    "Linear, whatever its attribute names: the architecture is read off the "
+                                    "tensors, the weights are rebuilt in rnnserve's own classes and exported with "
+                                    "the parity check of `rnnserve export`. Or an ONNX graph, checked against the "
+                                    "artifact contract (docs/artifact.md) and by behaviour. A refused import "
+                                    "writes nothing and says every reason.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=IMPORT_EXAMPLES)
+    ims = im.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for what, text in (("lm", "a language model: Embedding -> LSTM|GRU -> Linear over the vocabulary"),
+                       ("classifier", "a classifier: Embedding -> bidirectional LSTM|GRU -> Linear reading the last "
+                                      "layer's final forward and backward states")):
+        ip = ims.add_parser(what, help=text, description=f"Import {text}.")
+        src = ip.add_mutually_exclusive_group(required=True)
+        src.add_argument("--state-dict", metavar="FILE.pt", help="a torch.save(model.state_dict()) file")
+        src.add_argument("--onnx", metavar="FILE.onnx", help="an ONNX graph exported elsewhere")
+        ip.add_argument("--tokenizer", required=True, metavar="TOK",
+                        help="the vocabulary: a `tokenizers` tokenizer.json, a JSON {token: id} map, or a text file "
+                             "with one token a line (id = line number). All single characters (besides <pad>, "
+                             "<unk> and other names in angle brackets): a character vocabulary; else word level")
+        ip.add_argument("--out", required=True, metavar="ARTIFACT_DIR")
+        if what == "lm":
+            ip.add_argument("--bos-text", metavar="TEXT",
+                            help="text fed before every fresh prompt (e.g. a newline); without it the model is fed "
+                                 "exactly the prompt's ids, and an empty prompt is refused (422)")
+        else:
+            ip.add_argument("--labels", required=True, metavar="L1,L2,...|FILE",
+                            help="class names in logit order, comma-separated or a file with one a line")
+            ip.add_argument("--max-len", type=int, default=None, metavar="N",
+                            help="what the model reads at once: characters for a character vocabulary, else tokens; "
+                                 "a longer text is read in up to 4 windows (default: 400, as `train` uses)")
+        ip.add_argument("--unk-token", metavar="TOKEN", help="the unknown token (default: <unk> where it appears)")
+        ip.add_argument("--pad-token", metavar="TOKEN", help="the padding token (default: <pad> where it appears)")
+        ip.add_argument("--rename", metavar="OLD=NEW,...",
+                        help="--onnx: rename graph inputs/outputs to the contract's names (tokens, h0, c0, logits, hn, "
+                             "cn; tokens, lengths, logits for a classifier)")
+        ip.add_argument("--check-text", metavar="FILE",
+                        help="also measure the artifact on this file and record it in the manifest: bits/char on a "
+                             "text (lm), accuracy on a labelled CSV/TSV (classifier)")
+        ip.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
+
     # eval
     ev = sub.add_parser("eval", help="evaluate an exported artifact with onnxruntime alone",
                         description="Evaluate an artifact with onnxruntime (no torch): bits per char on a "
@@ -244,6 +297,22 @@ def cmd_export(a) -> None:
         print(f"int8: {m['int8']['onnx_bytes']:,} bytes (float32 {m['onnx_bytes']:,}), parity {m['int8']['parity']:.3g}")
 
 
+def cmd_import(a) -> None:
+    from export.importer import ImportArgs, run_import
+    m = run_import(ImportArgs(kind=a.what, tokenizer=a.tokenizer, out=a.out, state_dict=a.state_dict, onnx=a.onnx,
+                              rename=a.rename, labels=getattr(a, "labels", None), max_len=getattr(a, "max_len", None),
+                              bos_text=getattr(a, "bos_text", None), unk_token=a.unk_token, pad_token=a.pad_token,
+                              check_text=a.check_text, force=a.force))
+    check = (f"parity {m['parity']:.2e}" if m["parity"] is not None else
+             ", ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in m.get("checks", {}).items()))
+    print(f"imported {m['kind']} ({m['cell']}, {m['layers']} layer(s), hidden {m['hidden']}, {m['tokenizer_type']} "
+          f"vocabulary of {m['vocab_size']:,}) to {a.out}: {check}")
+    if m["metrics"].get("check_text"):
+        r = m["metrics"]
+        print(f"on {r['check_text']}: " + (f"{r['bpc']:.4f} bits/char" if m["kind"] == "lm" else
+                                          f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"))
+
+
 def cmd_eval(a) -> None:
     from service.evaluate import evaluate, format_report
     report = evaluate(a.artifact, a.data, int8=a.int8, limit=a.limit, first_chars=a.first_chars,
@@ -270,6 +339,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare, "export": cmd_export,
+                "import": cmd_import,
                 "eval": cmd_eval, "bench": cmd_bench, "loadtest": cmd_loadtest}
     from service.cli import serve_handlers
     handlers.update(serve_handlers())
@@ -285,7 +355,7 @@ def main(argv=None) -> int:
         return 130
     except Exception as e:  # user-facing errors from both halves share one shape
         if type(e).__name__ in ("UserError", "DataError", "ExportError", "ArtifactError", "LabelledFileError",
-                                "TokenizerError", "EncodeError"):
+                                "TokenizerError", "EncodeError", "ImportRefused"):
             print(f"rnnserve {a.command}: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -61,9 +61,18 @@ class Artifact:
     session: ort.InferenceSession
     onnx_file: str
     labels: list[str] = field(default_factory=list)
+    session_sha256: str = ""  # of the ONNX file loaded
+
+    tokenizer_sha256: str = ""
 
     def __post_init__(self):
         self._state_names = self.manifest["inputs"][1:]  # h0 (and c0), or lengths for a classifier
+
+    @property
+    def fingerprint(self) -> str:
+        """Which weights and vocabulary these are: the ONNX file's sha256 (the one served: float32 or int8) and the
+        tokenizer file's. A session's state is bound to it."""
+        return f"{self.session_sha256}/{self.tokenizer_sha256}"
 
     def run(self, tokens: np.ndarray, state: list[np.ndarray] | None = None,
             lengths: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -209,4 +218,5 @@ def load_artifact(folder: str | Path, name: str | None = None, int8: bool = Fals
     if tok.vocab_size != m["vocab_size"]:
         raise ArtifactError(f"{folder / 'tokenizer.json'}: {tok.vocab_size} entries but model.json "
                             f"says vocab_size {m['vocab_size']}")
-    return Artifact(name or folder.name, folder, m, tok, sess, onnx_name, list(m.get("labels") or []))
+    return Artifact(name or folder.name, folder, m, tok, sess, onnx_name, list(m.get("labels") or []), digest,
+                    sha256_file(tok_path))

@@ -362,7 +362,7 @@ class Engine:
         kept = None
         if s.req.keep_state:
             kept = SessionState([np.ascontiguousarray(a[:, row, :]) for a in self.state], s.next_token,
-                                s.tokens_seen + len(s.feed) - 1 + s.generated)
+                                s.tokens_seen + len(s.feed) - 1 + s.generated, self.art.fingerprint)
         return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept)
 
     @staticmethod

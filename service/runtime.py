@@ -68,6 +68,16 @@ def empty_prompt() -> RequestError:
                              "a fresh text from", "prompt", "invalid_value")
 
 
+def model_replaced(sid: str, model: str, was: str, now: str) -> RequestError:
+    """A session's state was computed by other weights than the model of that name has now: never fed to them."""
+    def names(fp: str) -> str:
+        onnx_sha, _, tok_sha = fp.partition("/")
+        return f"onnx sha256 {onnx_sha[:12]}…, tokenizer sha256 {tok_sha[:12]}…"
+    return RequestError(409, f"session_id {sid!r}: its state belongs to model {model!r} as it was ({names(was)}); the "
+                             f"model has been replaced since ({names(now)}), and a state is never fed to other "
+                             "weights: start a new session", "session_id", "session_model_changed")
+
+
 def session_error(e: SessionError) -> RequestError:
     headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after is not None else None
     return RequestError(e.status, e.message, "session_id", SESSION_ERROR_TYPES.get(e.status, "invalid_request"),
@@ -196,6 +206,7 @@ class Runtime:
         if self.draining:
             raise busy("server shutting down; retry on another replica")
         model = self.lm_name(model)
+        art = self.lms[model]
         prompt_ids = await self.encode_prompt(model, prompt, fresh=session_id is None)
         claim = None
         if session_id is not None:
@@ -206,6 +217,9 @@ class Runtime:
         if claim is not None and claim.state is None and not prompt_ids and not self.by_model[model][0].bos_ids:
             await self._store(self.store.release, claim)
             raise empty_prompt()
+        if claim is not None and claim.state is not None and claim.state.artifact not in ("", art.fingerprint):
+            await self._store(self.store.release, claim)
+            raise model_replaced(session_id, model, claim.state.artifact, art.fingerprint)
         req = GenerationRequest(prompt_ids, max_tokens, sampling, stop,
                                 start=claim.state if claim else None, keep_state=claim is not None,
                                 reply=Channel(final_only=not stream))

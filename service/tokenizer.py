@@ -303,6 +303,29 @@ def _valid_prefix(data: bytes) -> bool:
     return 0xC2 <= tail[0] <= 0xF4 and (len(tail) == 1 or lo <= tail[1] <= hi)
 
 
+def from_vocabulary(itos: list[str], unk_token: str = UNK, pad_token: str = PAD) -> Tokenizer:
+    """A vocabulary from elsewhere (id = position). All single characters, apart from special tokens in angle
+    brackets: a character vocabulary (the char-rnn convention, `sorted(set(text))`, maybe with no padding or
+    unknown id at all). Anything else: word level, split on whitespace, decoded by joining words with single
+    spaces. `unk_token` and `pad_token` are the unknown and padding tokens wherever they appear."""
+    if not itos:
+        raise TokenizerError("the vocabulary is empty")
+    if len(set(itos)) != len(itos):
+        twice = next(t for t in itos if itos.count(t) > 1)
+        raise TokenizerError(f"the token {twice!r} appears twice")
+    pad_id = itos.index(pad_token) if pad_token in itos else None
+    unk_id = itos.index(unk_token) if unk_token in itos else None
+    if all(len(t) == 1 or is_special(t) or t in (pad_token, unk_token) for t in itos):
+        return CharTokenizer(itos, pad_id, unk_id)
+    from tokenizers import Tokenizer as Tk, models, pre_tokenizers
+    tk = Tk(models.WordLevel({t: i for i, t in enumerate(itos)}, unk_token=unk_token if unk_id is not None else None))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = [t for t in itos if t in (pad_token, unk_token)]
+    if specials:
+        tk.add_special_tokens(specials)  # kept whole and never split; the ids stay the vocabulary's
+    return LibraryTokenizer(tk, pad_id, unk_id)
+
+
 def build(kind: str, texts: list[str], vocab_size: int | None = None, min_count: int | None = None) -> Tokenizer:
     """A tokenizer made from training texts: `char` (every character seen `min_count` times), `bpe`
     (byte-level BPE: any text encodes, no unknown token) or `word` (words split on whitespace, those seen

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +32,8 @@ def bundled(tmp_path_factory):
 
 
 def run_sh(script: str, url: str) -> str:
-    """Run a README block against `url` (the README's http://127.0.0.1:8000)."""
-    script = script.replace("http://127.0.0.1:8000", url)
+    """Run a README block against `url` (the README's http://127.0.0.1:8000 or :8001)."""
+    script = script.replace("http://127.0.0.1:8000", url).replace("http://127.0.0.1:8001", url)
     p = subprocess.run(["bash", "-e", "-c", script], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -67,3 +68,45 @@ def test_the_openai_example_runs(bundled):
     assert p.returncode == 0, p.stderr
     assert len(p.stdout) == 80  # 80 tokens of one character each
 
+
+def test_serve_your_own_model(tmp_path):
+    """The section's two plain-PyTorch scripts (a few seconds of training instead of a minute), its imports, its
+    server (started here on a free port with the same models) and its requests."""
+    start = README.index("## Serve your own model")
+    section = README[start:README.index("\n## ", start + 5)]
+    bs = blocks(section)
+    scripts = [body for lang, body in bs if lang == "python"]
+    commands, requests = [body for lang, body in bs if lang == "sh"]
+    assert len(scripts) == 2
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    printed = ""
+    for code in scripts:
+        assert "time.time() + 60" in code
+        p = subprocess.run([sys.executable, "-c", code.replace("time.time() + 60", "time.time() + 4")], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, p.stderr
+        printed += p.stdout
+    lines = commands.strip().splitlines()
+    labels = re.search(r"--labels (\S+)", commands).group(1)
+    assert printed.strip() == labels  # the labels the script prints are the ones the README imports with
+    for line in lines[:-1]:
+        assert line.startswith("rnnserve import ")
+        p = subprocess.run(["bash", "-e", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=env)
+        assert p.returncode == 0, p.stderr
+    serve = lines[-1]
+    assert serve.startswith("rnnserve serve ")
+    models = ",".join(f"{name}={tmp_path / folder}" for name, folder in re.findall(r"--model (\w+)=(\S+)", serve))
+    s = Server(models, RNNSERVE_STATE_DIR=tmp_path / "state")
+    try:
+        out = run_sh(requests, s.url).replace("\n\n", "\n")
+        expected = [line[2:] for line in requests.splitlines() if line.startswith(("# {", "# data: {"))]
+        pos = 0
+        for e in expected:
+            m = pattern(e).search(out, pos)
+            assert m, f"README shows {e!r}; the server answered:\n{out[pos:pos + 2000]}"
+            pos = m.end()
+        assert '"label"' in out and "data: [DONE]" in out
+    finally:
+        s.stop()

@@ -26,10 +26,14 @@ import numpy as np
 
 @dataclass
 class SessionState:
-    """What a session keeps: the state after everything but `next_token`, and the count fed so far."""
+    """What a session keeps: the state after everything but `next_token`, and the count fed so far. A state
+    belongs to the weights that computed it: `artifact` is their fingerprint (Artifact.fingerprint: the ONNX
+    file's and the tokenizer's sha256), and is never fed to other weights ("" for a state kept before
+    fingerprints were recorded)."""
     arrays: list[np.ndarray]  # h (and c for an LSTM), each float32 (layers, hidden)
     next_token: int
     tokens_seen: int = 0
+    artifact: str = ""
 
     @property
     def nbytes(self) -> int:

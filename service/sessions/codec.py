@@ -3,7 +3,8 @@
     b"RNNS" | u32 header length | header (JSON, UTF-8) | the arrays, C order, little-endian
 
 The header names the model, the state's version (the fencing number), the dtype and the shapes, the
-pending token and the tokens fed so far, so a value can be checked before it is trusted.
+pending token, the tokens fed so far and the fingerprint of the weights that computed the state, so a
+value can be checked before it is trusted.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def encode(state: SessionState, model: str, version: int) -> bytes:
     arrays = [np.ascontiguousarray(a, dtype="<f4") for a in state.arrays]
     header = json.dumps({"format": FORMAT, "model": model, "version": version, "dtype": "float32",
                          "shapes": [list(a.shape) for a in arrays], "next_token": int(state.next_token),
-                         "tokens_seen": int(state.tokens_seen)}, separators=(",", ":")).encode()
+                         "tokens_seen": int(state.tokens_seen), "artifact": state.artifact},
+                        separators=(",", ":")).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays)])
 
 
@@ -57,7 +59,8 @@ def decode(blob: bytes) -> tuple[SessionState | None, dict]:
             raise CorruptState(f"{len(blob) - offset} bytes more than the header describes")
         if header.get("fresh"):
             return None, header
-        return SessionState(arrays, int(header["next_token"]), int(header["tokens_seen"])), header
+        return SessionState(arrays, int(header["next_token"]), int(header["tokens_seen"]),
+                            str(header.get("artifact", ""))), header
     except CorruptState:
         raise
     except (ValueError, KeyError, TypeError, struct.error) as e:

@@ -28,7 +28,7 @@ import numpy as np
 from service import tokenizer as T
 from service.artifact import io_names, sha256_file
 
-from .onnx_export import PARITY_LIMIT, ExportError, finish, staged, write_artifact
+from .onnx_export import PARITY_LIMIT, ExportError, chat_format, finish, staged, write_artifact
 
 DEFAULT_MAX_LEN = 400  # what `rnnserve train classifier` reads of a text (characters; tokens for other vocabularies)
 _RNN_KEY = re.compile(r"^(?P<module>(?:.+\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)_l(?P<layer>\d+)"
@@ -268,6 +268,8 @@ class ImportArgs:
     pad_token: str | None = None
     check_text: str | None = None
     force: bool = False
+    chat_template: str | None = None
+    chat_stop: list[str] | None = None
 
 
 def read_labels(value: str | None, classes: int | None) -> list[str] | None:
@@ -328,8 +330,8 @@ def run_import(a: ImportArgs) -> dict:
         raise ImportRefused("give exactly one of --state-dict FILE.pt or --onnx FILE.onnx")
     if a.kind == "lm" and (a.labels or a.max_len):
         raise ImportRefused("--labels and --max-len are for a classifier")
-    if a.kind == "classifier" and a.bos_text is not None:
-        raise ImportRefused("--bos-text is for a language model")
+    if a.kind == "classifier" and (a.bos_text is not None or a.chat_template or a.chat_stop):
+        raise ImportRefused("--bos-text, --chat-template and --chat-stop are for a language model")
     out = Path(a.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not a.force:
         raise ImportRefused(f"{out}: already exists and is not empty (use --force to replace it)")
@@ -361,7 +363,8 @@ def _import_state_dict(a: ImportArgs, tok) -> dict:
                           max_len=None if lm else (a.max_len or DEFAULT_MAX_LEN),
                           bos_text=_checked_bos(tok, a.bos_text),
                           metrics={}, exported_from=_source(path, "state_dict", a), force=a.force,
-                          tokenizer_file=_library_file(a.tokenizer), measure=_measure(a.kind, a.check_text))
+                          tokenizer_file=_library_file(a.tokenizer), measure=_measure(a.kind, a.check_text),
+                          chat=chat_format(a.chat_template, a.chat_stop))
 
 
 def _library_file(path: str) -> Path | None:
@@ -551,6 +554,7 @@ def _import_onnx(a: ImportArgs, tok) -> dict:
             "max_chars": (a.max_len or DEFAULT_MAX_LEN) if not lm and tok.type == "char" else None,
             **({} if lm or tok.type == "char" else {"max_tokens": a.max_len or DEFAULT_MAX_LEN}),
             "pad_id": tok.pad_id, "unk_id": tok.unk_id, "bos_text": _checked_bos(tok, a.bos_text),
+            **chat_format(a.chat_template, a.chat_stop),
             "tokenizer": "tokenizer.json", "tokenizer_type": tok.type, "onnx": "model.onnx",
             "onnx_sha256": sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size, "opset": opset,
             "recurrent_ops": facts["ops"], "metrics": {},

@@ -156,11 +156,33 @@ def quantize_int8(src: Path, dst: Path) -> None:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
+def chat_format(template_file: str | Path | None, stop: list[str] | None) -> dict:
+    """The manifest's chat format (`--chat-template FILE`, `--chat-stop TEXT`): checked to compile in the
+    service's sandbox; {} for the service's default."""
+    if template_file is None and not stop:
+        return {}
+    from service.chat import ChatFormat, ChatTemplateError
+    text = None
+    if template_file is not None:
+        try:
+            text = Path(template_file).read_text(encoding="utf-8")
+        except (OSError, ValueError) as e:
+            raise ExportError(f"--chat-template {template_file}: cannot read it ({e})") from None
+    try:
+        fmt = ChatFormat(text, stop or None)
+        fmt.render([{"role": "user", "content": "Hello"}])
+    except ChatTemplateError as e:
+        raise ExportError(f"--chat-template {template_file}: {e}") from None
+    return {"chat_template": text, "chat_stop": fmt.stop}
+
+
 def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str | None = None,
-           force: bool = False) -> dict:
-    """A run folder (`rnnserve train`) as an artifact."""
+           force: bool = False, chat: dict | None = None) -> dict:
+    """A run folder (`rnnserve train`) as an artifact; `chat` the chat format (chat_format)."""
     run = Path(run_dir)
     model, tok, metrics = load_run(run)
+    if chat and model.config["kind"] != "lm":
+        raise ExportError("--chat-template and --chat-stop are for a language model")
     sample_path = run / "val_sample.json"
     sample = json.loads(sample_path.read_text()) if sample_path.exists() else {"texts": []}
     train = metrics.get("train", {})
@@ -174,13 +196,13 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
         metrics={k: v for k, v in metrics.items() if k not in ("history", "train")},
         exported_from={"run_dir": str(run.resolve()), "checkpoint_sha256": sha256_file(run / "checkpoint.pt"),
                        "train_args": train},
-        tokenizer_file=run / "tokenizer.json")
+        tokenizer_file=run / "tokenizer.json", chat=chat)
 
 
 def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list[str], labels: list[str] | None,
                    max_len: int | None, bos_text: str | None, metrics: dict, exported_from: dict, opset: int = 17,
                    quantize: str | None = None, force: bool = False, tokenizer_file: Path | None = None,
-                   measure=None) -> dict:
+                   measure=None, chat: dict | None = None) -> dict:
     """The one way out to an artifact, for a trained run and an imported model alike: the graph exported, parity
     with PyTorch checked (refused above PARITY_LIMIT), the manifest written. `measure(folder) -> dict`, when
     given, adds figures measured on the finished artifact to the manifest's metrics. Built in a temporary
@@ -215,6 +237,7 @@ def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list
             "pad_id": tok.pad_id,
             "unk_id": tok.unk_id,
             "bos_text": bos_text,
+            **(chat or {}),
             "tokenizer": "tokenizer.json",
             "tokenizer_type": tok.type,
             "onnx": "model.onnx",

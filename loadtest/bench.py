@@ -256,10 +256,14 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     finally:
         srv.stop()
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
-               {**env, "RNNSERVE_CLASSIFY_MAX_BATCH": "1"})
+               {**env, "RNNSERVE_CLASSIFY_MAX_BATCH": "1", "RNNSERVE_PREFIX_CACHE_MB": "0"})
     try:
         print("3/7 classification, batching off", flush=True)
         res["classify_off"] = classify_runs(srv, secs)
+        print("4/7 sessions: resending without the prefix cache", flush=True)
+        res["sessions"]["continue_no_cache"] = client("converse", "--url", srv.url, "--repeats",
+                                                      "3" if quick else "7", "--history-chars",
+                                                      *(["256", "4096"] if quick else ["256", "1024", "4096", "8000"]))
     finally:
         srv.stop()
 
@@ -440,11 +444,17 @@ def report(r: dict) -> str:
                  f"{ses['rss_delta_mb']:+.1f} MB.\n" if ses.get("disk_bytes_per_session") is not None else
                  f"server RSS grew {ses['rss_delta_mb']:.1f} MB, {ses['rss_bytes_per_session']:,.0f} bytes per session "
                  "including bookkeeping.\n"),
-              "Continuing a conversation (16 new tokens after a short new turn), median latency:\n",
-              "| history chars | through the session (ms) | resending the history (ms) | ratio |", "|---|---|---|---|"]
+              "Continuing a conversation (16 new tokens after a short new turn), median latency: through a session, "
+              "and resending the whole history as a stateless client does, with the prefix-state cache (the "
+              "default; the first resend of each history is a miss, the median is a hit) and without it (a second "
+              "server, `RNNSERVE_PREFIX_CACHE_MB=0`):\n",
+              "| history chars | through the session (ms) | resending, prefix cache on (ms) | resending, cache off (ms) "
+              "| off / on |", "|---|---|---|---|---|"]
+    off = {row["history_chars"]: row for row in ses.get("continue_no_cache", [])}
     for row in ses["continue"]:
+        o = off.get(row["history_chars"])
         lines.append(f"| {row['history_chars']:,} | {row['session_ms']:.1f} | {row['resend_ms']:.1f} | "
-                     f"{row['resend_ms'] / row['session_ms']:.1f}× |")
+                     + (f"{o['resend_ms']:.1f} | {o['resend_ms'] / row['resend_ms']:.1f}× |" if o else "– | – |"))
     from loadtest import scaling
     lines.append("")
     if "workers" in r:

@@ -4,8 +4,9 @@
     rnnserve loadtest --users 20 --duration 60s          # starts a server when --host is not given
 
 Weights and sizes come from environment variables:
-  LT_WEIGHT_STREAM, LT_WEIGHT_WHOLE, LT_WEIGHT_CLASSIFY, LT_WEIGHT_SESSION   (default 4, 2, 3, 1)
-  LT_MAX_TOKENS (default 64), LT_PROMPT_CHARS (extra prompt characters, default 0), LT_TURNS (default 3)
+  LT_WEIGHT_STREAM, LT_WEIGHT_WHOLE, LT_WEIGHT_CLASSIFY, LT_WEIGHT_SESSION, LT_WEIGHT_CHAT (default 4, 2, 3, 1, 1)
+  LT_MAX_TOKENS (default 64), LT_PROMPT_CHARS (extra prompt characters, default 0), LT_TURNS (default 3),
+  LT_CHAT_SYSTEM_CHARS (a chat's opening text, default 2000), LT_CHAT_TURNS (turns before a new chat, default 8)
 Streaming users report two custom metrics: `ttft` (ms to the first SSE event) and `tokens` (completion
 tokens received, as the "response length").
 """
@@ -24,6 +25,8 @@ TEXTS = ["The weather is lovely today.", "Das Wetter ist heute schön.", "El tie
 MAX_TOKENS = int(os.environ.get("LT_MAX_TOKENS", 64))
 PROMPT_CHARS = int(os.environ.get("LT_PROMPT_CHARS", 0))
 TURNS = int(os.environ.get("LT_TURNS", 3))
+CHAT_SYSTEM_CHARS = int(os.environ.get("LT_CHAT_SYSTEM_CHARS", 2000))
+CHAT_TURNS = int(os.environ.get("LT_CHAT_TURNS", 8))
 
 
 def weight(name, default):
@@ -126,3 +129,33 @@ class SessionUser(HttpUser):
                 if g.status_code != 200 or g.json().get("session_id") != sid:
                     g.failure(f"status {g.status_code}")
         self.client.delete(f"/sessions/{sid}", name="/sessions/{id} [delete]")
+
+
+class ChatUser(HttpUser):
+    """A stateless chat client, as the openai SDK and chat front ends are: every turn resends the whole
+    conversation to /v1/chat/completions (the server's prefix cache should read only the new text)."""
+    weight = weight("CHAT", 1)
+    wait_time = between(0.1, 0.5)
+
+    def on_start(self):
+        self.new_chat()
+
+    def new_chat(self):
+        opening = f"Conversation {random.randrange(10**9)}. " + "the story so far: " + " ".join(
+            random.choice(PROMPTS) for _ in range(CHAT_SYSTEM_CHARS // 10))
+        self.messages, self.turns = [{"role": "system", "content": opening[:CHAT_SYSTEM_CHARS]}], 0
+
+    @task
+    def turn(self):
+        self.messages.append({"role": "user", "content": random.choice(PROMPTS)})
+        with self.client.post("/v1/chat/completions", json={"messages": self.messages, "max_tokens": MAX_TOKENS,
+                                                            "temperature": 0.8},
+                              catch_response=True, name="/v1/chat/completions [resend]") as r:
+            if r.status_code != 200:
+                r.failure(f"status {r.status_code}: {r.text[:200]}")
+                self.new_chat()
+                return
+            self.messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+        self.turns += 1
+        if self.turns >= CHAT_TURNS:
+            self.new_chat()

@@ -70,6 +70,16 @@ def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_chat_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="language model: the Jinja template /v1/chat/completions renders the messages with (messages, "
+                        "add_generation_prompt, bos_token, eos_token; run in a sandbox); default: plain "
+                        "'User: ...' / 'Assistant:' lines")
+    p.add_argument("--chat-stop", action="append", metavar="TEXT",
+                   help="language model: where an assistant's reply ends, repeatable (default with the default "
+                        "template: a newline and 'User:')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="rnnserve",
@@ -150,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     ex.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised model.int8.onnx")
     ex.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
+    add_chat_flags(ex)
 
     # import
     im = sub.add_parser("import", help="take in a model trained elsewhere: a PyTorch state dict or an ONNX graph",
@@ -179,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
             ip.add_argument("--bos-text", metavar="TEXT",
                             help="text fed before every fresh prompt (e.g. a newline); without it the model is fed "
                                  "exactly the prompt's ids, and an empty prompt is refused (422)")
+            add_chat_flags(ip)
         else:
             ip.add_argument("--labels", required=True, metavar="L1,L2,...|FILE",
                             help="class names in logit order, comma-separated or a file with one a line")
@@ -205,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--int8", action="store_true", help="evaluate model.int8.onnx instead of model.onnx")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--limit", type=int, default=None, help="use only the first N rows / characters")
+    ev.add_argument("--streams", type=int, default=16, metavar="N",
+                    help="language model: read the text as N parallel streams, each from its own start (default 16); "
+                         "1 reads it as one text, as the service scores a prompt (/v1/completions echo + logprobs)")
     ev.add_argument("--first-chars", type=int, default=None, metavar="N",
                     help="classifier: keep only the first N characters of each text (how short inputs fare)")
     ev.add_argument("--compare-langid", action="store_true",
@@ -224,13 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     lp = sub.add_parser("loadtest", help="run the locust scenarios headless and save CSV/HTML reports",
                         description="Load-test the service with locust (streaming and whole generation, "
-                                    "classification, multi-turn sessions). Starts a local server when --host is "
-                                    "not given. Exits 1 if any request failed.")
+                                    "classification, multi-turn sessions, chat clients that resend their "
+                                    "conversations). Starts a local server when --host is not given. Writes the "
+                                    "server's prefix-cache hit rate and memory to OUT/server.json. Exits 1 if any "
+                                    "request failed.")
     lp.add_argument("--users", type=int, default=10, help="concurrent locust users (default 10)")
     lp.add_argument("--duration", default="60s", help="how long, e.g. 20s, 5m (default 60s)")
     lp.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
     lp.add_argument("--host", default=None, help="a running server's URL (default: start one)")
     lp.add_argument("--out", default="build/loadtest", help="report folder (default build/loadtest)")
+    lp.add_argument("--only", nargs="+", metavar="CLASS", help="only these locust user classes (StreamingUser, "
+                    "WholeUser, ClassifyUser, SessionUser, ChatUser), e.g. --only ChatUser")
     return ap
 
 
@@ -289,8 +308,8 @@ def cmd_compare(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from export.onnx_export import export
-    m = export(a.run_dir, a.out, a.opset, a.quantize, a.force)
+    from export.onnx_export import chat_format, export
+    m = export(a.run_dir, a.out, a.opset, a.quantize, a.force, chat_format(a.chat_template, a.chat_stop))
     print(f"exported {m['kind']} ({m['cell']}, {m['layers']} layer(s), hidden {m['hidden']}) to {a.out}: "
           f"ops {','.join(sorted(set(m['recurrent_ops'])))}, parity {m['parity']:.2e}")
     if m["int8"]:
@@ -302,7 +321,8 @@ def cmd_import(a) -> None:
     m = run_import(ImportArgs(kind=a.what, tokenizer=a.tokenizer, out=a.out, state_dict=a.state_dict, onnx=a.onnx,
                               rename=a.rename, labels=getattr(a, "labels", None), max_len=getattr(a, "max_len", None),
                               bos_text=getattr(a, "bos_text", None), unk_token=a.unk_token, pad_token=a.pad_token,
-                              check_text=a.check_text, force=a.force))
+                              check_text=a.check_text, force=a.force,
+                              chat_template=getattr(a, "chat_template", None), chat_stop=getattr(a, "chat_stop", None)))
     check = (f"parity {m['parity']:.2e}" if m["parity"] is not None else
              ", ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in m.get("checks", {}).items()))
     print(f"imported {m['kind']} ({m['cell']}, {m['layers']} layer(s), hidden {m['hidden']}, {m['tokenizer_type']} "
@@ -316,7 +336,7 @@ def cmd_import(a) -> None:
 def cmd_eval(a) -> None:
     from service.evaluate import evaluate, format_report
     report = evaluate(a.artifact, a.data, int8=a.int8, limit=a.limit, first_chars=a.first_chars,
-                      compare_langid=a.compare_langid)
+                      compare_langid=a.compare_langid, streams=a.streams)
     print(json.dumps(report, indent=2, ensure_ascii=False) if a.json else format_report(report))
 
 
@@ -330,7 +350,7 @@ def cmd_bench(a) -> None:
 def cmd_loadtest(a) -> None:
     from pathlib import Path
     from loadtest.run import run
-    code = run(a.users, a.duration, a.host, Path(a.out), a.spawn_rate)
+    code = run(a.users, a.duration, a.host, Path(a.out), a.spawn_rate, only=a.only)
     if code:
         raise SystemExit(code)
 

@@ -64,7 +64,7 @@ def build(config: Config, worker: Worker):
                        max_bytes=int(c.session_memory_mb * (1 << 20)), claim_seconds=c.session_claim_seconds)
     metrics = ServiceMetrics()
     runtime = Runtime(config, lms, classifiers, store, metrics)
-    metrics.bind(runtime.engines, store)
+    metrics.bind(runtime.engines, store, runtime.prefix_cache)
     _inject_faults(runtime)
     board = Board(worker.run_dir, worker.id, worker.workers)
     batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, c.classify_max_queue,

@@ -15,7 +15,8 @@ def add_serve_parser(sub) -> None:
                     "With no --model it serves every artifact under RNNSERVE_MODELS (default: the bundled "
                     "models/).\nEvery option can also be set by the environment variable shown.",
         epilog="endpoints: POST /generate, POST /classify, POST /sessions, DELETE /sessions/{id},\n"
-               "           POST /v1/completions, GET /v1/models, GET /health, GET /info, GET /metrics\n"
+               "           POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,\n"
+               "           GET /info, GET /metrics\n"
                "example:   rnnserve serve --model fortunes=models/fortunes --port 8000")
     defaults = Config()
     sp.add_argument("--model", action="append", default=[], dest="model_list", metavar="NAME=ARTIFACT_DIR",

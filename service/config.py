@@ -17,6 +17,11 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 64
 MAX_TEXTS = 256
 MAX_TEXT_CHARS = 8192
+MAX_CHOICES = 16      # /v1: choices in one request (prompts x n)
+MAX_PROMPTS = 16      # /v1/completions: prompts in one list
+MAX_MESSAGES = 256    # /v1/chat/completions: messages of one conversation
+MAX_LOGPROBS = 5      # /v1/completions: `logprobs`, most likely tokens reported per token (as OpenAI)
+MAX_TOP_LOGPROBS = 20  # /v1/chat/completions: `top_logprobs` (as OpenAI)
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Config:
     max_batch: int = 128
     max_queue: int = 256
     prefill_chunk: int = 256
+    prefix_cache_mb: float = 64.0
     max_body_bytes: int = 1 << 20
     session_ttl: float = 3600.0
     max_sessions: int = 10000
@@ -71,6 +77,8 @@ OPTIONS = {
                   "threads)"),
     "max_queue": ("RNNSERVE_MAX_QUEUE", "requests waiting for a slot before new ones get 503"),
     "prefill_chunk": ("RNNSERVE_PREFILL_CHUNK", "prompt tokens read per call (long prompts are chunked)"),
+    "prefix_cache_mb": ("RNNSERVE_PREFIX_CACHE_MB", "memory per worker for recurrent states at prefix boundaries, "
+                        "so a resent conversation reads only its new text (0 = off)"),
     "max_body_bytes": ("RNNSERVE_MAX_BODY_BYTES", "largest request body accepted (413 above)"),
     "session_ttl": ("RNNSERVE_SESSION_TTL", "seconds an idle session is kept"),
     "max_sessions": ("RNNSERVE_MAX_SESSIONS", "sessions kept at most (least recently used go first)"),

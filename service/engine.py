@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .artifact import Artifact
+from .prefix_cache import PrefixCache, root_of
 from .requests import Done, Event, Failed, GenerationRequest, Text
 from .sampler import sample
 from .sessions import SessionState
@@ -41,17 +42,45 @@ from .sessions import SessionState
 log = logging.getLogger("rnnserve.engine")
 
 
+def log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
+    """logits (time, vocab): the log-probability of targets[t] at each step t (float64 sums)."""
+    x = logits[: len(targets)].astype(np.float64)
+    m = x.max(1, keepdims=True)
+    lse = (m + np.log(np.exp(x - m).sum(1, keepdims=True)))[:, 0]
+    return (x[np.arange(len(targets)), targets] - lse).tolist()
+
+
+def token_logprob(row: np.ndarray, token: int, top: int) -> tuple[int, float, list[tuple[int, float]]]:
+    """A generated token's log-probability under the model (masked tokens -inf; before temperature, top-k and
+    top-p), and the `top` most likely tokens'."""
+    x = row.astype(np.float64)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    best = []
+    if top:
+        idx = np.argpartition(-x, top - 1)[:top]
+        best = [(int(j), float(x[j] - lse)) for j in idx[np.argsort(-x[idx], kind="stable")]]
+    return int(token), float(x[token] - lse), best
+
+
 class Overloaded(Exception):
     """The engine cannot take the request (queue full, or shutting down): the HTTP layer answers 503."""
 
 
 class Slot:
-    """A request's running state inside the engine (engine thread only)."""
+    """One choice of a request, running inside the engine (engine thread only). A request of n choices is one
+    slot while its prompt is read, then n (`fork`)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
-                 "t_first", "tokens_seen", "piece", "pending")
+                 "t_first", "tokens_seen", "piece", "pending", "chain", "gen_ids", "choice", "sampling", "lps",
+                 "lp_sent", "prompt_lps")
 
-    def __init__(self, req: GenerationRequest, engine: "Engine"):
+    def __init__(self, req: GenerationRequest, engine: "Engine", choice: int = 0):
         self.req = req
+        self.choice = req.base + choice  # the index its events carry
+        self.sampling = req.sampling.choice(choice)
+        self.lps = [] if req.logprobs is not None else None  # each generated token's log-probability
+        self.lp_sent = 0
+        self.prompt_lps = [] if req.prompt_logprobs else None  # feed[k + 1]'s given feed[:k + 1]
         start = req.start
         if start is not None:
             self.state = [a[:, None, :].copy() for a in start.arrays]
@@ -65,12 +94,31 @@ class Slot:
         # byte-level vocabularies: the bytes of a character begun and not finished (Utf8Guard)
         self.pending = engine.guard.pending_of(self.feed) if engine.guard else b""
         self.cursor = 0
+        # a fresh text starts from the longest prefix of its ids the prefix cache holds, and offers states back
+        self.chain, self.gen_ids = None, None
+        cache = engine.cache
+        if start is None and cache is not None and choice == 0 and not req.prompt_logprobs:
+            self.chain, self.gen_ids = cache.chain(engine.root, self.feed, len(self.feed) - 1), []
+            hit = cache.lookup(self.chain, self.feed, len(self.feed) - 1)
+            engine.metrics.prefix(hit[0] if hit else 0)
+            if hit:
+                self.cursor, self.state = hit  # shared arrays: only ever copied into a batch, never written
         self.next_token = 0
         self.generated = 0
         self.text = ""
         self.sent = 0
         self.stop_scan = 0
         self.t_first: float | None = None
+
+    def fork(self, choice: int, engine: "Engine") -> "Slot":
+        """Choice `choice` of this slot's request, once its prompt is read: a copy of the state reached, its own
+        generator and decoder."""
+        c = Slot(self.req, engine, choice)
+        c.state = [a.copy() for a in self.state]
+        c.cursor, c.next_token, c.pending, c.prompt_lps = self.cursor, self.next_token, self.pending, self.prompt_lps
+        if self.chain is not None:
+            c.chain, c.gen_ids = self.chain, []
+        return c
 
 
 class Metrics:
@@ -82,6 +130,7 @@ class Metrics:
     def inter_token(self, seconds: float, count: int) -> None: ...
     def tokens(self, n: int) -> None: ...
     def finished(self, reason: str) -> None: ...
+    def prefix(self, tokens: int) -> None: ...  # a fresh request's prefix-cache lookup: tokens found (0: a miss)
 
 
 Deliver = Callable[[list[tuple[GenerationRequest, Event]]], None]
@@ -89,7 +138,8 @@ Deliver = Callable[[list[tuple[GenerationRequest, Event]]], None]
 
 class Engine:
     def __init__(self, artifact: Artifact, deliver: Deliver, max_batch: int = 128, max_queue: int = 256,
-                 prefill_chunk: int = 256, metrics: Metrics | None = None, name: str | None = None):
+                 prefill_chunk: int = 256, metrics: Metrics | None = None, name: str | None = None,
+                 cache: PrefixCache | None = None):
         if artifact.kind != "lm":
             raise ValueError(f"{artifact.name}: the generation engine needs a language model")
         self.art = artifact
@@ -103,6 +153,8 @@ class Engine:
         self.stream = artifact.tokenizer.stream
         self.guard = artifact.tokenizer.utf8_guard()  # byte-level vocabularies: only valid UTF-8 is sampled
         self.pad_id = artifact.tokenizer.pad_id
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.root = root_of(artifact.fingerprint)  # prefix-cache keys: these weights' states only
         self._inbox: deque[GenerationRequest] = deque()
         self._cv = threading.Condition()
         self.prefilling: list[Slot] = []
@@ -195,7 +247,7 @@ class Engine:
                 if self.fault_hook:
                     self.fault_hook()
                 self._drop_cancelled(events)
-                self._prefill_some()
+                self._prefill_some(events)
                 self._step(events)
             except Exception as e:  # a failed step ends the affected requests, never the engine
                 log.exception("engine step failed")
@@ -205,12 +257,12 @@ class Engine:
 
     def _drain(self) -> None:
         reason = self._draining
-        events = [(r, self._done(r, reason, None)) for r in self._inbox]
-        events += [(s.req, self._done(s.req, reason, None)) for s in self.prefilling]
+        events = [e for r in self._inbox for e in self._unstarted(r, reason)]
+        events += [e for s in self.prefilling for e in self._unstarted(s.req, reason)]
         for i, s in enumerate(self.active):
             piece = self._emittable(s, final=True)
             if piece:
-                events.append((s.req, Text(piece)))
+                events.append((s.req, self._text(s, piece)))
             events.append((s.req, self._final(s, reason, i)))
         self._inbox.clear()
         self.prefilling, self.active = [], []
@@ -220,7 +272,7 @@ class Engine:
 
     def _drop_cancelled(self, events: list) -> None:
         if any(s.req.cancelled for s in self.prefilling):
-            events += [(s.req, self._done(s.req, "cancelled", None)) for s in self.prefilling if s.req.cancelled]
+            events += [e for s in self.prefilling if s.req.cancelled for e in self._unstarted(s.req, "cancelled")]
             self.prefilling = [s for s in self.prefilling if not s.req.cancelled]
         if any(s.req.cancelled for s in self.active):
             keep = np.array([not s.req.cancelled for s in self.active])
@@ -230,29 +282,47 @@ class Engine:
                     self.metrics.finished("cancelled")
             self._retire(keep)
 
-    def _prefill_some(self) -> None:
-        """Run one chunk of every prompt still being read, grouped by chunk length."""
+    def _prefill_some(self, events: list) -> None:
+        """Run one chunk of every prompt still being read, grouped by chunk length. A prompt read to its end
+        joins the running batch (as n rows for n choices), or ends there when no token is asked for (a text
+        scored: `max_tokens` 0)."""
         if not self.prefilling:
             return
         groups: dict[int, list[Slot]] = {}
+        chunk = self.prefill_chunk
         for s in self.prefilling:
             todo = len(s.feed) - 1 - s.cursor  # the last token is left for the decode step
-            if todo > 0:
-                groups.setdefault(min(todo, self.prefill_chunk), []).append(s)
+            if todo > 0:  # chunks end on multiples of `chunk` (the prefix cache's block boundaries)
+                groups.setdefault(min(todo, chunk - s.cursor % chunk), []).append(s)
+        cache = self.cache
         for n, rows in groups.items():
             t0 = time.perf_counter()
             tokens = np.array([s.feed[s.cursor:s.cursor + n] for s in rows], dtype=np.int64)
             state = [np.concatenate([s.state[k] for s in rows], axis=1) for k in range(len(rows[0].state))]
-            _, out = self.art.run(tokens, state)
+            logits, out = self.art.run(tokens, state)
             for i, s in enumerate(rows):
                 s.state = [o[:, i:i + 1, :] for o in out]
+                if s.prompt_lps is not None:  # each fed position scores the next token of the feed
+                    s.prompt_lps += log_softmax_at(logits[i], s.feed[s.cursor + 1:s.cursor + n + 1])
                 s.cursor += n
+                if s.chain is not None and s.cursor % chunk == 0 and s.cursor < len(s.feed) - 1:
+                    cache.offer(s.chain, s.feed, s.cursor, s.state)
             self.metrics.prefill(len(rows), tokens.size, time.perf_counter() - t0)
         ready = [s for s in self.prefilling if s.cursor >= len(s.feed) - 1]
         if ready:
             self.prefilling = [s for s in self.prefilling if s.cursor < len(s.feed) - 1]
             for s in ready:
                 s.next_token = s.feed[-1]
+                if s.chain is not None:  # the end of the prompt: where a resent conversation starts over
+                    cache.offer(s.chain, s.feed, s.cursor, s.state)
+            scored = [s for s in ready if s.req.max_tokens == 0]
+            for s in scored:
+                events += [(s.req, self._scored(s, i)) for i in range(s.req.n)]
+                self.metrics.finished("length")
+            ready = [c for s in ready if s.req.max_tokens > 0
+                     for c in [s] + [s.fork(i, self) for i in range(1, s.req.n)]]
+            if not ready:
+                return
             self.state = [np.concatenate([a] + [s.state[k] for s in ready], axis=1)
                           for k, a in enumerate(self.state)]
             for s in ready:
@@ -262,9 +332,9 @@ class Engine:
 
     def _batch_params(self):
         if self._params_dirty:
-            self._temp = np.array([s.req.sampling.temperature for s in self.active], dtype=np.float32)
-            self._topk = np.array([s.req.sampling.top_k for s in self.active], dtype=np.int64)
-            self._topp = np.array([s.req.sampling.top_p for s in self.active], dtype=np.float32)
+            self._temp = np.array([s.sampling.temperature for s in self.active], dtype=np.float32)
+            self._topk = np.array([s.sampling.top_k for s in self.active], dtype=np.int64)
+            self._topp = np.array([s.sampling.top_p for s in self.active], dtype=np.float32)
             self._params_dirty = False
         return self._temp, self._topk, self._topp
 
@@ -281,7 +351,7 @@ class Engine:
         if self.guard is not None:
             self._keep_utf8(logits)
         temp, topk, topp = self._batch_params()
-        uniforms = np.fromiter((s.req.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
+        uniforms = np.fromiter((s.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
         new = sample(logits, temp, topk, topp, uniforms).tolist()
         now = time.perf_counter()
         self.metrics.step(batch, now - t0)
@@ -293,6 +363,10 @@ class Engine:
             s.generated += 1
             if guard is not None:
                 s.pending = guard.after(s.pending, tok)
+            if s.gen_ids is not None:
+                s.gen_ids.append(tok)
+            if s.lps is not None:
+                s.lps.append(token_logprob(logits[i], tok, s.req.logprobs))
             if s.t_first is None:
                 s.t_first = now
                 firsts += 1
@@ -309,8 +383,10 @@ class Engine:
                 s.sent = len(s.text)
                 reason = "length" if s.generated >= s.req.max_tokens else None
             if piece:
-                events.append((s.req, Text(piece)))
+                events.append((s.req, self._text(s, piece)))
             if reason is not None:
+                if s.lps is not None and s.lp_sent < len(s.lps):  # tokens whose text never showed (a stop string)
+                    events.append((s.req, self._text(s, "")))
                 events.append((s.req, self._final(s, reason, i)))
                 self.metrics.finished(reason)
                 if keep is None:
@@ -358,17 +434,46 @@ class Engine:
         return piece
 
     def _final(self, s: Slot, reason: str, row: int) -> Done:
-        """The final event of an active row; with the state it reached when the request keeps state."""
+        """The final event of an active row; with the state it reached when the request keeps state. A fresh
+        text's state is offered to the prefix cache: its prompt and completion are what the next turn of a
+        conversation resends."""
+        if s.chain is not None and s.gen_ids and reason in ("length", "stop"):
+            consumed = s.feed + s.gen_ids[:-1]  # everything fed: the last token is still pending
+            self.cache.offer(self.cache.chain(self.root, consumed, len(consumed)), consumed, len(consumed),
+                             [a[:, row:row + 1, :] for a in self.state])
         kept = None
         if s.req.keep_state:
             kept = SessionState([np.ascontiguousarray(a[:, row, :]) for a in self.state], s.next_token,
                                 s.tokens_seen + len(s.feed) - 1 + s.generated, self.art.fingerprint)
-        return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept)
+        return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept, s.choice, s.lps,
+                    self._prompt_scores(s))
 
     @staticmethod
-    def _done(req: GenerationRequest, reason: str, kept: SessionState | None) -> Done:
-        """The final event of a request that never reached the running batch."""
-        return Done(reason, "", len(req.prompt_ids), 0, kept)
+    def _text(s: Slot, piece: str) -> Text:
+        """A choice's new text, with the log-probabilities of the tokens generated since its last piece."""
+        if s.lps is None:
+            return Text(piece, s.choice)
+        lps, s.lp_sent = s.lps[s.lp_sent:], len(s.lps)
+        return Text(piece, s.choice, lps)
+
+    @staticmethod
+    def _unstarted(req: GenerationRequest, reason: str) -> list[tuple[GenerationRequest, Done]]:
+        """The final events of a request that never reached the running batch: one per choice."""
+        return [(req, Done(reason, "", len(req.prompt_ids), 0, None, req.base + i)) for i in range(req.n)]
+
+    def _scored(self, s: Slot, choice: int) -> Done:
+        """The final event of a text only scored (`max_tokens` 0): its prompt's log-probabilities."""
+        return Done("length", "", len(s.req.prompt_ids), 0, None, s.req.base + choice,
+                    [] if s.req.logprobs is not None else None, self._prompt_scores(s))
+
+    @staticmethod
+    def _prompt_scores(s: Slot) -> list[float | None] | None:
+        """Each prompt token's log-probability given what precedes it (None for a first token with nothing
+        before it: a model with no start text)."""
+        if s.prompt_lps is None:
+            return None
+        before = len(s.feed) - len(s.req.prompt_ids)  # the start text fed before the prompt
+        return [s.prompt_lps[before + j - 1] if before + j >= 1 else None for j in range(len(s.req.prompt_ids))]
 
     def _retire(self, keep: np.ndarray) -> None:
         self.active = [s for s, k in zip(self.active, keep) if k]

@@ -82,7 +82,7 @@ def langid_py(labels: list[str]):
 
 
 def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: int | None = None,
-             first_chars: int | None = None, compare_langid: bool = False) -> dict:
+             first_chars: int | None = None, compare_langid: bool = False, streams: int = 16) -> dict:
     """Score an artifact on a file. For a classifier, `first_chars` keeps only the first N characters of every
     text (how short inputs fare) and `compare_langid` scores langid.py on exactly the same texts."""
     art = load_artifact(artifact, int8=int8)
@@ -95,7 +95,7 @@ def evaluate(artifact: str | Path, data: str | Path, int8: bool = False, limit: 
             raise ArtifactError(f"{path}: {e}") from None
         if len(ids) < 4:
             raise ArtifactError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
-        r = lm_bpc(art, ids, chars)
+        r = lm_bpc(art, ids, chars, streams=streams)
         unk = art.tokenizer.unk_id
         r.update(kind="lm", artifact=str(artifact), data=str(path), onnx=art.onnx_file,
                  tokenizer=art.tokenizer.type, unknown_tokens=sum(1 for i in ids if i == unk) if unk is not None else 0)

@@ -84,11 +84,21 @@ class ServiceMetrics(Metrics):
                             registry=r, multiprocess_mode="livesum")
         self.workers_up = Gauge("rnnserve_workers_up", "Worker processes up (as the answering worker sees them)",
                                 registry=r, multiprocess_mode="mostrecent")
+        self.prefix_hits = Counter("rnnserve_prefix_cache_hits", "Fresh generation requests that started from a "
+                                   "cached prefix state", registry=r)
+        self.prefix_misses = Counter("rnnserve_prefix_cache_misses", "Fresh generation requests with no cached "
+                                     "prefix", registry=r)
+        self.prefix_tokens = Counter("rnnserve_prefix_cache_tokens_saved", "Prompt tokens not prefilled: read from "
+                                     "the prefix cache", registry=r)
+        self.prefix_bytes = Gauge("rnnserve_prefix_cache_bytes", "Bytes held by the prefix-state caches", registry=r,
+                                  multiprocess_mode="livesum")
+        self._cache = None
         self._engines: list = []
         self._store_collector: StoreCollector | None = None
 
-    def bind(self, engines: list, store) -> None:
+    def bind(self, engines: list, store, cache=None) -> None:
         self._engines = engines
+        self._cache = cache
         self._store_collector = StoreCollector(store)
         if not multiprocess():
             self.registry.register(self._store_collector)
@@ -97,6 +107,8 @@ class ServiceMetrics(Metrics):
         """Set this worker's gauges from its engines (every heartbeat, and before each scrape)."""
         self.active.set(sum(len(e.active) for e in self._engines))
         self.queued.set(sum(e.queued for e in self._engines))
+        if self._cache is not None:
+            self.prefix_bytes.set(self._cache.bytes)
 
     def render(self) -> bytes:
         self.refresh()
@@ -129,3 +141,10 @@ class ServiceMetrics(Metrics):
 
     def finished(self, reason: str) -> None:
         self.finish.labels(reason).inc()
+
+    def prefix(self, tokens: int) -> None:
+        if tokens:
+            self.prefix_hits.inc()
+            self.prefix_tokens.inc(tokens)
+        else:
+            self.prefix_misses.inc()

@@ -14,9 +14,9 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("rnnserve")
 
-ENDPOINTS = ("/", "/generate", "/classify", "/v1/completions", "/v1/models", "/sessions", "/info", "/metrics",
-             "/health", "/live")
-JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/sessions")
+ENDPOINTS = ("/", "/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/v1/models", "/sessions",
+             "/info", "/metrics", "/health", "/live")
+JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/sessions")
 OPEN = ("/", "/health", "/live")  # the playground page and the probes need no API key
 QUIET = ("/health", "/live", "/metrics")  # not logged: scraped every few seconds
 

@@ -1,8 +1,11 @@
 """What goes into an engine and what comes out: a generation request, and its events.
 
-A request carries what was asked (prompt, limits, sampling, stop strings), the state to start from (a
-session's) and whether to report the state reached. The engine answers with `Text` pieces and exactly
-one final event, `Done` or `Failed`.
+A request carries what was asked (prompt, limits, sampling, stop strings, how many choices, whether to
+report log-probabilities), the state to start from (a session's) and whether to report the state reached.
+The engine answers with `Text` pieces and exactly one final event per choice, `Done`, or one `Failed`. A
+request of n choices is prefilled once; its state is then copied into n rows, each sampling with its own
+generator. Events carry the choice's `index` (the request's `base` plus the choice: several requests may
+share one reply, as a list of prompts does).
 """
 from __future__ import annotations
 
@@ -15,10 +18,17 @@ from .sampler import SamplingParams
 from .sessions import SessionState
 
 
+# A generated token's log-probability: (token id, log-probability, [(id, log-probability) of the most likely])
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
+
+
 @dataclass(slots=True)
 class Text:
-    """New text of one request (never part of a stop string)."""
+    """New text of one choice (never part of a stop string); with `logprobs`, the tokens generated since the
+    choice's previous piece."""
     text: str
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)
@@ -29,6 +39,9 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     state: SessionState | None = None  # the state reached, when the request asked to keep it
+    index: int = 0                      # the choice
+    logprobs: list[TokenLogprob] | None = None  # every generated token's, when asked
+    prompt_logprobs: list[float | None] | None = None  # each prompt token's given what precedes it, when asked
 
 
 @dataclass(slots=True)
@@ -52,6 +65,10 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     start: SessionState | None = None  # continue from this state (a session's); None: a fresh text
     keep_state: bool = False           # report the state reached in the final event
+    n: int = 1                         # choices: one prefill, n rows sampling from the same state
+    base: int = 0                      # the index of choice 0 in the events (several requests, one reply)
+    logprobs: int | None = None        # None: none; k >= 0: each generated token's, and the k most likely
+    prompt_logprobs: bool = False      # each prompt token's log-probability (scores a text: no prefix cache)
     reply: object = None               # opaque to the engine: where the HTTP layer routes this request's events
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     arrival: float = field(default_factory=time.perf_counter)

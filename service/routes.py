@@ -14,11 +14,14 @@ from pydantic import BaseModel
 
 from . import schemas, streaming
 from .board import Board
-from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, replica_name
+from .config import (MAX_CHOICES, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS,
+                     replica_name)
 from .errors import RequestError
 from .litserve_adapter import ClassifyBatcher
 from .runtime import Runtime
-from .schemas import ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
+from .chat import ChatTemplateError
+from .runtime import Channel
+from .schemas import ChatRequest, ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
 from .sessions import SessionError
 from .tokenizer import EncodeError
 
@@ -54,20 +57,51 @@ class Routes:
         req = await self.rt.submit(model=g.model, prompt=g.prompt, max_tokens=g.max_tokens,
                                    sampling=g.sampling_params(), stop=g.stop, session_id=g.session_id,
                                    stream=g.stream)
-        encoder = streaming.GenerateEncoder(g.session_id)
-        if not g.stream:
-            return await streaming.whole(req, encoder, request)
-        return streaming.sse(req, encoder, self.rt.pace)
+        return await self._answer([req], streaming.GenerateEncoder(g.session_id), g.stream, request)
 
     async def completions(self, request: Request):
         c: CompletionRequest = await _parse(CompletionRequest, await request.body())
         model = self.rt.lm_name(c.model)
-        req = await self.rt.submit(model=model, prompt=c.prompt, max_tokens=c.max_tokens,
-                                   sampling=c.sampling_params(), stop=c.stop, stream=c.stream)
-        encoder = streaming.CompletionEncoder(model, c.prompt if c.echo else "")
-        if not c.stream:
-            return await streaming.whole(req, encoder, request)
-        return streaming.sse(req, encoder, self.rt.pace)
+        scored = c.echo and c.logprobs is not None  # the prompt's own log-probabilities: a text scored
+        reqs = await self._submit_all(model, c.prompts, c, max_tokens=c.max_tokens, stop=c.stop,
+                                      logprobs=c.logprobs, prompt_logprobs=scored)
+        encoder = streaming.CompletionEncoder(model, reqs, self.rt.lms[model].tokenizer,
+                                              c.prompts if c.echo else None, c.include_usage)
+        return await self._answer(reqs, encoder, c.stream, request)
+
+    async def chat(self, request: Request):
+        c: ChatRequest = await _parse(ChatRequest, await request.body())
+        model = self.rt.lm_name(c.model)
+        fmt = self.rt.chat[model]
+        try:
+            prompt = fmt.render([m.model_dump(exclude_none=True) for m in c.messages])
+        except ChatTemplateError as e:
+            raise RequestError(422, f"messages: {e}", "messages", "invalid_value") from None
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(422, f"messages: the conversation as the model reads it is {len(prompt):,} characters, "
+                                    f"more than {MAX_PROMPT_CHARS:,}", "messages", "invalid_value")
+        stop = c.stop or fmt.stop  # the template's turn ends, unless the request names its own
+        reqs = await self._submit_all(model, [prompt], c, max_tokens=c.limit, stop=stop, logprobs=c.logprobs_top)
+        encoder = streaming.ChatEncoder(model, reqs, self.rt.lms[model].tokenizer, c.include_usage)
+        return await self._answer(reqs, encoder, c.stream, request)
+
+    async def _submit_all(self, model: str, prompts: list[str], c, **kw) -> list:
+        """One engine request per prompt, all answering into one reply; if one is refused, the others end."""
+        reply, reqs = Channel(final_only=not c.stream), []
+        try:
+            for i, prompt in enumerate(prompts):
+                reqs.append(await self.rt.submit(model=model, prompt=prompt, sampling=c.sampling_params(),
+                                                 stream=c.stream, n=c.n, base=i * c.n, reply=reply, **kw))
+        except BaseException:
+            for r in reqs:
+                r.cancel()
+            raise
+        return reqs
+
+    async def _answer(self, reqs: list, encoder, stream: bool, request: Request):
+        if not stream:
+            return await streaming.whole(reqs, encoder, request)
+        return streaming.sse(reqs, encoder, self.rt.pace)
 
     async def classify(self, request: Request):
         c: ClassifyRequest = await _parse(ClassifyRequest, await request.body())
@@ -136,6 +170,7 @@ class Routes:
         return {
             "models": {n: a.info() for n, a in {**rt.lms, **rt.classifiers}.items()},
             "limits": {"max_prompt_chars": MAX_PROMPT_CHARS, "max_tokens": MAX_TOKENS, "max_stop": MAX_STOP,
+                       "max_choices": MAX_CHOICES, "max_prompts": MAX_PROMPTS,
                        "max_texts": MAX_TEXTS, "max_text_chars": MAX_TEXT_CHARS, "max_body_bytes": c.max_body_bytes,
                        "max_batch": c.max_batch, "max_queue": c.max_queue,
                        "classify_max_batch": c.classify_max_batch, "classify_wait_ms": c.classify_wait_ms},
@@ -144,6 +179,7 @@ class Routes:
                          "bytes_per_session": {n: a.state_bytes for n, a in rt.lms.items()}},
             "engine": {n: {"active": sum(len(e.active) for e in group), "queued": sum(e.queued for e in group),
                            "threads": len(group)} for n, group in rt.by_model.items()},
+            "prefix_cache": rt.prefix_cache.stats(),  # this worker's
             "store": store.describe(),
             "replica": replica_name(c),
             "worker": self.board.id,
@@ -174,6 +210,8 @@ class Routes:
             summary="Generate text (SSE stream, or one JSON object with stream=false)")
         add("/v1/completions", self.completions, methods=["POST"], openapi_extra=_body_doc(CompletionRequest),
             summary="OpenAI-compatible completions")
+        add("/v1/chat/completions", self.chat, methods=["POST"], openapi_extra=_body_doc(ChatRequest),
+            summary="OpenAI-compatible chat completions (the model's chat template)")
         add("/v1/models", self.models, methods=["GET"])
         add("/classify", self.classify, methods=["POST"], openapi_extra=_body_doc(ClassifyRequest),
             summary="Classify one text or a list (concurrent requests are batched)")

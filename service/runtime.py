@@ -15,11 +15,13 @@ import threading
 import time
 
 from .artifact import Artifact
+from .chat import ChatFormat
 from .config import Config, engine_threads
 from .engine import Engine, Overloaded
 from .requests import Done, Event, Failed, GenerationRequest, Text
 from .errors import RequestError, busy
 from .metrics import ServiceMetrics
+from .prefix_cache import PrefixCache
 from .sampler import SamplingParams
 from .sessions import Claim, SessionBusy, SessionError, SessionStore
 from .tokenizer import EncodeError
@@ -33,9 +35,10 @@ SESSION_ERROR_TYPES = {404: "session_not_found", 409: "session_busy", 503: "sess
 class Channel:
     """One request's events on the event loop: the step's hand-off appends, the writer takes them all.
     (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)"""
-    __slots__ = ("items", "waiter", "final_only", "overflowed", "last_take")
+    __slots__ = ("items", "waiter", "final_only", "overflowed", "last_take", "expect")
 
     def __init__(self, final_only: bool = False):
+        self.expect = 0  # final events the reader waits for: one per choice of every request it carries
         self.items: list[Event] = []
         self.waiter: asyncio.Future | None = None
         self.final_only = final_only  # a whole (non-streamed) answer needs only the final event
@@ -96,10 +99,15 @@ class Runtime:
         # The limits are split exactly, so the model as a whole keeps max_batch running and max_queue waiting.
         n = max(1, min(engine_threads(config), config.max_batch))
         share = lambda total, i: total // n + (i < total % n)  # noqa: E731
+        # one prefix-state cache for the worker: every engine thread and model (its keys carry each model's
+        # fingerprint); its block is the prefill chunk, so the prompts' chunks end on its boundaries
+        self.prefix_cache = PrefixCache(int(config.prefix_cache_mb * (1 << 20)), max(1, config.prefill_chunk))
         self.by_model = {name: [Engine(art, self._deliver, share(config.max_batch, i), share(config.max_queue, i),
-                                       config.prefill_chunk, metrics, name=f"{name}-{i}") for i in range(n)]
+                                       config.prefill_chunk, metrics, name=f"{name}-{i}", cache=self.prefix_cache)
+                                for i in range(n)]
                          for name, art in lms.items()}
         self.engines = [e for group in self.by_model.values() for e in group]
+        self.chat = {name: ChatFormat.of(art.manifest) for name, art in lms.items()}  # /v1/chat/completions
         self.claims: dict[GenerationRequest, Claim] = {}  # requests working on a session (event loop only)
         self._settling: set[asyncio.Task] = set()
         self.started = time.time()
@@ -200,8 +208,11 @@ class Runtime:
 
     # ---------------------------------------------------------------- generation
     async def submit(self, *, model: str | None, prompt: str, max_tokens: int, sampling: SamplingParams,
-                     stop: list[str], session_id: str | None = None, stream: bool = True) -> GenerationRequest:
-        """Start a generation; its events arrive in the returned request's `reply` Channel."""
+                     stop: list[str], session_id: str | None = None, stream: bool = True, n: int = 1,
+                     base: int = 0, logprobs: int | None = None, prompt_logprobs: bool = False,
+                     reply: Channel | None = None) -> GenerationRequest:
+        """Start a generation of `n` choices; its events arrive in the returned request's `reply` Channel (a new
+        one, or `reply`, shared with other requests of one HTTP request: their choices are numbered from `base`)."""
         self.loop = self.loop or asyncio.get_running_loop()
         if self.draining:
             raise busy("server shutting down; retry on another replica")
@@ -220,9 +231,10 @@ class Runtime:
         if claim is not None and claim.state is not None and claim.state.artifact not in ("", art.fingerprint):
             await self._store(self.store.release, claim)
             raise model_replaced(session_id, model, claim.state.artifact, art.fingerprint)
+        reply = reply if reply is not None else Channel(final_only=not stream)
         req = GenerationRequest(prompt_ids, max_tokens, sampling, stop,
-                                start=claim.state if claim else None, keep_state=claim is not None,
-                                reply=Channel(final_only=not stream))
+                                start=claim.state if claim else None, keep_state=claim is not None, n=n, base=base,
+                                logprobs=logprobs, prompt_logprobs=prompt_logprobs, reply=reply)
         if claim is not None:
             self.claims[req] = claim
         try:
@@ -230,6 +242,7 @@ class Runtime:
             if not live:
                 raise Overloaded(f"no engine of model {model!r} is running (see /health)")
             max(live, key=lambda e: e.free()).submit(req)
+            reply.expect += n
         except Overloaded as e:
             if claim is not None:
                 del self.claims[req]

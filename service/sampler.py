@@ -15,13 +15,22 @@ MIN_TEMPERATURE = 1e-4
 
 
 class SamplingParams:
-    __slots__ = ("temperature", "top_k", "top_p", "rng")
+    __slots__ = ("temperature", "top_k", "top_p", "seed", "rng")
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
         self.temperature = float(temperature)
         self.top_k = int(top_k)
         self.top_p = float(top_p)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def choice(self, i: int) -> "SamplingParams":
+        """The parameters of a request's choice i: its own generator, seeded `seed + i` (choice 0 samples as a
+        request of one choice with that seed does; without a seed, a fresh one)."""
+        if i == 0:
+            return self
+        return SamplingParams(self.temperature, self.top_k, self.top_p,
+                              None if self.seed is None else self.seed + i)
 
 
 def sample(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Optional, Union
+import re
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import MAX_PROMPT_CHARS, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS
+from .config import (MAX_CHOICES, MAX_LOGPROBS, MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS,
+                     MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, MAX_TOP_LOGPROBS)
 from .errors import RequestError
 from .sampler import SamplingParams
 
@@ -24,8 +26,11 @@ def validation_error(e: ValidationError | list) -> RequestError:
                             "body", "invalid_json")
     name = _field_name(first.get("loc", ()))
     msg = first["msg"].removeprefix("Value error, ")
+    named = re.match(r"([a-z_]+): ", msg) if name == "body" else None
+    if named:  # a check across fields names the field it is about
+        name, msg = named.group(1), msg[named.end():]
     if first.get("type") == "extra_forbidden":
-        msg = "unknown field"
+        msg = "unknown or unsupported field (this server ignores none)"
     elif first.get("type") == "missing":
         msg = "field required"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -148,34 +153,108 @@ class SessionCreate(BaseModel):
     model: Optional[str] = None
 
 
-class CompletionRequest(SamplingFields):
-    """OpenAI's /v1/completions body; fields this service has no use for are ignored."""
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = Field(False, description="a last chunk with the usage of the whole request")
+
+
+class OpenAIFields(SamplingFields):
+    """What /v1/completions and /v1/chat/completions share. A field this service does not support is a 422
+    naming it: none is ignored."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: Optional[str] = None
-    prompt: Union[str, list[str]] = ""
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+    top_k: int = Field(0, ge=0, le=1_000_000, description="0 = off (not OpenAI's; as vLLM)")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices: one prefill, its state copied n times")
     stream: bool = False
     stop: Optional[Union[str, list[str]]] = Field(None, validate_default=True)
-    n: int = Field(1, ge=1, le=1)
-    echo: bool = False
-    user: Optional[str] = None
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = Field(None, max_length=256)
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, v):
         return _check_stop(v)
 
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @model_validator(mode="after")
+    def _options_with_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only with stream: true")
+        return self
+
+
+class CompletionRequest(OpenAIFields):
+    """OpenAI's /v1/completions body."""
+
+    prompt: Union[str, list[str]] = Field("", description=f"a prompt or a list of up to {MAX_PROMPTS}")
+    max_tokens: int = Field(16, ge=0, le=MAX_TOKENS, description="0 with echo: score the prompt, generate nothing")
+    echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                    description="each token's log-probability and the N most likely tokens'")
+
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("this server takes one prompt per request")
-            v = v[0]
-        if len(v) > MAX_PROMPT_CHARS:
-            raise ValueError(f"at most {MAX_PROMPT_CHARS} characters")
+    def _prompts(cls, v):
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts:
+            raise ValueError("give a prompt or a non-empty list of prompts")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts")
+        for i, p in enumerate(prompts):
+            if len(p) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{'prompt' if isinstance(v, str) else f'prompt[{i}]'} is longer than "
+                                 f"{MAX_PROMPT_CHARS} characters")
         return v
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 only with echo (to score the prompt)")
+        if len(self.prompts) * self.n > MAX_CHOICES:
+            raise ValueError(f"n: {len(self.prompts)} prompts x {self.n} choices is more than {MAX_CHOICES}")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    name: Optional[str] = Field(None, max_length=64)
+
+
+class ChatRequest(OpenAIFields):
+    """OpenAI's /v1/chat/completions body."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: only with logprobs: true")
+        return self
+
+    @property
+    def limit(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or 256
+
+    @property
+    def logprobs_top(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class ClassifyRequest(BaseModel):

@@ -202,13 +202,18 @@ json_values = st.recursive(
 FIELDS = {"/generate": ["prompt", "model", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",
                         "session_id"],
           "/classify": ["text", "texts", "model"],
-          "/v1/completions": ["prompt", "model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"]}
+          "/v1/completions": ["prompt", "model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n",
+                              "echo", "logprobs", "stream_options"],
+          "/v1/chat/completions": ["messages", "model", "max_tokens", "max_completion_tokens", "temperature", "n",
+                                   "seed", "stop", "stream", "logprobs", "top_logprobs", "stream_options"]}
 
 
 def bodies(endpoint):
     keys = st.sampled_from(FIELDS[endpoint]) | st.text(max_size=8)
     small_ints = st.integers(0, 40)
-    value = json_values | small_ints
+    messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]),
+                                               "content": any_text}), max_size=3)
+    value = json_values | small_ints | messages
     return st.dictionaries(keys, value, max_size=6) | json_values
 
 

@@ -19,10 +19,28 @@ def test_generate_defaults_and_sampling_params():
     assert p.rng.random() == g.sampling_params().rng.random()  # same seed, same draws
 
 
-def test_completions_take_one_prompt_and_ignore_unknown_fields():
-    c = parse(CompletionRequest, b'{"prompt": ["x"], "max_tokens": 3, "logit_bias": {}, "stop": "\\n"}')
-    assert c.prompt == "x" and c.stop == ["\n"] and c.sampling_params().top_k == 0
-    assert err(CompletionRequest, b'{"prompt": ["a", "b"]}').field == "prompt"
+def test_completions_take_prompts_and_refuse_what_they_do_not_support():
+    c = parse(CompletionRequest, b'{"prompt": ["x", "y"], "max_tokens": 3, "n": 2, "stop": "\\n"}')
+    assert c.prompts == ["x", "y"] and c.stop == ["\n"] and c.sampling_params().top_k == 0
+    for field in ("logit_bias", "best_of", "suffix", "presence_penalty"):  # none silently ignored
+        e = err(CompletionRequest, b'{"prompt": "x", "%s": 1}' % field.encode())
+        assert (e.status, e.field) == (422, field) and "unsupported" in e.message
+    assert err(CompletionRequest, b'{"prompt": []}').field == "prompt"
+    assert err(CompletionRequest, b'{"prompt": "x", "max_tokens": 0}').field == "max_tokens"  # 0: only with echo
+    assert parse(CompletionRequest, b'{"prompt": "x", "max_tokens": 0, "echo": true}').max_tokens == 0
+    assert err(CompletionRequest, b'{"prompt": ["a", "b", "c"], "n": 6}').field == "n"  # 18 choices > 16
+    assert err(CompletionRequest, b'{"prompt": "x", "stream_options": {"include_usage": true}}').field == "stream_options"
+
+
+def test_chat_bodies():
+    from service.schemas import ChatRequest
+    c = parse(ChatRequest, b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 9}')
+    assert c.limit == 9 and c.logprobs_top is None
+    assert err(ChatRequest, b'{"messages": []}').field == "messages"
+    assert err(ChatRequest, b'{"messages": [{"role": "tool", "content": "x"}]}').field.startswith("messages")
+    assert err(ChatRequest, b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}').field == \
+        "top_logprobs"
+    assert err(ChatRequest, b'{"messages": [{"role": "user", "content": "x"}], "tools": []}').field == "tools"
 
 
 @pytest.mark.parametrize("raw,status,field", [

@@ -1,10 +1,13 @@
 # rnnserve runtime image: onnxruntime + LitServe, no torch. Serves the bundled models/ on port 8000.
 #   docker build -t rnnserve .
 #   docker run -p 8000:8000 rnnserve
-FROM python:3.11-slim AS build
+# BASE: any Debian-like image with python3 (3.10+) and its venv module; scripts/docker-engine makes one
+# with debootstrap for machines that reach no image registry (then: --build-arg BASE=rnnserve-base:bookworm).
+ARG BASE=python:3.11-slim
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements/runtime.txt requirements/runtime.txt
 RUN pip install --no-deps -r requirements/runtime.txt
@@ -15,7 +18,7 @@ COPY export export
 COPY loadtest loadtest
 RUN pip install --no-deps . && pip uninstall -y pip setuptools
 
-FROM python:3.11-slim
+FROM ${BASE}
 LABEL org.opencontainers.image.title="rnnserve" \
       org.opencontainers.image.description="Streamed, batched serving of LSTM/GRU text models with ONNX Runtime"
 RUN useradd --create-home --uid 10001 rnnserve && \

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: serve test models quality langid-report playground-screenshot install install-dev clean
+.PHONY: serve test models quality langid-report playground-screenshot install install-dev docker-engine image clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ quality: $(VENV)/.dev
 # docs/playground.png, the README's picture of the page at / (needs chromium and chromium-driver).
 playground-screenshot: $(VENV)/.dev
 	$(BIN)/python -m loadtest.screenshot
+
+# A Docker engine and a base image where none exists (as root; Debian's docker.io, debootstrap): what CI runs
+# before the tests, so that tests/test_docker.py builds and runs the real image. Idempotent.
+docker-engine:
+	scripts/docker-engine
+
+# The image on that locally made base (on a machine with a registry: `docker build -t rnnserve .`).
+image: docker-engine
+	docker build --network=host --build-arg BASE=rnnserve-base:bookworm -t rnnserve .
 
 clean:
 	rm -rf build .pytest_cache

@@ -63,7 +63,7 @@ def shakespeare_1mb(wheel: Path, out: Path) -> Path:
 def served_speed(runs: dict[str, Path], out: Path, streams: int = 64, tokens: int = 256) -> dict[str, dict]:
     """Export each run and serve them all from one real server: tokens/s and characters/s at `streams`
     concurrent streams, per model (the loadtest clients, as `rnnserve bench` measures)."""
-    from loadtest.bench import Proc, measured
+    from loadtest.measure import Proc, measured
     from .onnx_export import export
     models = out / "artifacts"
     for name, run in runs.items():

@@ -9,34 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
 
-from loadtest.bench import REPO, Proc, client, decode_speed, measured
+from loadtest.measure import REPO, Proc, client, fmt_ms, measured, parallel_ceiling, serve_cmd
 
 if str(REPO) not in sys.path:  # deploy/ is the repository's, not the installed package's
     sys.path.insert(0, str(REPO))
-
-
-def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
-    """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one
-    intra-op thread: what the hardware gives the service's layout, with no server and no sampling."""
-    from service.artifact import load_artifact
-    arts = [load_artifact(artifact, threads=1) for _ in range(loops)]
-    speeds = [0.0] * loops
-    rows = max(1, batch // loops)
-
-    def one(k):
-        speeds[k] = rows / decode_speed(arts[k], rows, seconds)
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(loops)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(speeds)
-
-
-def serve_cmd() -> list[str]:
-    return [sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"]
 
 
 def workers_section(worker_counts: list[int], levels: list[int], tokens: int, rounds: int, model: str,
@@ -100,10 +77,6 @@ def with_redis(fn):
         return fn(c.redis_url)
     finally:
         c.stop_redis()
-
-
-def fmt_ms(v):
-    return "–" if v is None else f"{v * 1000:.1f}"
 
 
 def report_workers(w: dict, raw_two_loops: dict | None = None) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from loadtest.bench import REPO, free_port, wait_healthy
+from loadtest.measure import REPO, free_port, wait_healthy
 
 
 def main(argv=None) -> None:

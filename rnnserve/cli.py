@@ -341,7 +341,8 @@ def cmd_eval(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from loadtest.bench import REPO, run
+    from loadtest.bench import run
+    from loadtest.measure import REPO
     from pathlib import Path
     res = run(a.quick, Path(a.out) if a.out else REPO / "docs")
     print((Path(a.out) if a.out else REPO / "docs") / "benchmarks.md", f"written in {res['seconds']:.0f}s")

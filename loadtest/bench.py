@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import scaling
-from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling
+from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling_cpu, with_cpu
 
 def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
@@ -26,13 +26,15 @@ def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     for threads in (1, 2):
         art = load_artifact(artifact, threads=threads)
         for b in batches:
-            dt = decode_speed(art, b, seconds)
-            out[(threads, b)] = {"threads": threads, "batch": b, "us_per_step": dt * 1e6, "tokens_per_s": b / dt}
+            dt, cores = with_cpu(decode_speed, art, b, seconds)
+            out[(threads, b)] = {"threads": threads, "batch": b, "us_per_step": dt * 1e6, "tokens_per_s": b / dt,
+                                 "cpu_cores": cores, "tokens_per_core_s": b / dt / cores}
     best = {b: max((out[(t, b)] for t in (1, 2)), key=lambda r: r["tokens_per_s"]) for b in batches}
     # The service's layout: one loop per core, each stepping half the batch with one intra-op thread.
     parallel = {}
     for b in (x for x in batches if x >= 8):
-        parallel[b] = {"batch": b, "loops": 2, "tokens_per_s": parallel_ceiling(artifact, b, 2, seconds)}
+        tps, cores = parallel_ceiling_cpu(artifact, b, 2, seconds)
+        parallel[b] = {"batch": b, "loops": 2, "tokens_per_s": tps, "cpu_cores": cores, "tokens_per_core_s": tps / cores}
     int8 = []
     if json.loads((artifact / "model.json").read_text()).get("int8"):
         for b in (1, 64):
@@ -120,6 +122,7 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"], env)
     try:
         rounds = "1" if quick else "3"
+        res["idle_worker_rss_mb"] = srv.worker_rss_mb()
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model, "--rounds", rounds) for n in levels]
         print("2/7 every language model: tokens/s and characters/s", flush=True)
@@ -231,6 +234,20 @@ def session_memory(srv: Proc, n: int, rss0: float) -> dict:
             "store_file": db, "disk_bytes_per_session": disk / max(1, n) if disk is not None else None}
 
 
+def ceiling(raw: dict, batch: int) -> dict:
+    """The fastest raw ORT layout at this batch (section 1), with its tokens per core-second."""
+    options = []
+    if batch in raw["best"]:
+        b = raw["best"][batch]
+        options.append({"tokens_per_s": b["tokens_per_s"], "tokens_per_core_s": b.get("tokens_per_core_s"),
+                        "layout": f"1 loop, {b['threads']} thread{'s' if b['threads'] > 1 else ''}"})
+    p = raw.get("parallel", {}).get(batch) or raw.get("parallel", {}).get(str(batch))
+    if p:
+        options.append({"tokens_per_s": p["tokens_per_s"], "tokens_per_core_s": p.get("tokens_per_core_s"),
+                        "layout": "2 loops"})
+    return max(options, key=lambda o: o["tokens_per_s"])
+
+
 def report(r: dict) -> str:
     raw = r["raw"]["best"]
     svc = {row["concurrency"]: row for row in r["service"]}
@@ -258,26 +275,38 @@ def report(r: dict) -> str:
                                                               for b, v in par.items()) + ".")
     lines += ["", "All thread counts: " + ", ".join(f"batch {x['batch']}/{x['threads']}t {x['tokens_per_s']:,.0f} tok/s"
                                                     for x in r["raw"]["all"]), "",
-              "## 2–3. Streaming generation: rnnserve against the naive peer\n",
+              "## 2–3. Streaming generation: rnnserve against the hardware and the naive peer\n",
               f"Each client streams {'1 request' if r['quick'] else '3 requests'} of 256 tokens (64 with --quick), "
-              "back to back, at temperature 1 from its own prompt over HTTP/SSE. "
-              "Inter-event latency is the gap between SSE events a client receives (an event may carry several "
-              "tokens when the client falls behind).\n",
-              "| streams | rnnserve tok/s | naive tok/s | ratio | raw ORT tok/s (same batch, best threads) | "
-              "service/raw | service/raw, two parallel loops | "
-              "TTFT p50 / p99 ms | inter-event p50 / p95 / p99 ms | tokens/event | server CPU cores | server RSS MB | "
-              "naive TTFT p50 / p99 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "back to back, at temperature 1 from its own prompt over HTTP/SSE. The **raw ceiling** at a batch is "
+              "the fastest raw ORT layout of section 1 (one loop with 1 or 2 intra-op threads, or two loops of one "
+              "thread, each stepping half the batch); its tokens per core-second divide its tokens/s by the CPU "
+              "cores it used. **CPU efficiency** is the server's tokens per core-second (every process of its "
+              "tree: supervisor, workers, classifier) over the ceiling's, in this run.\n",
+              "| streams | tokens/s | raw ceiling tok/s (layout) | of the ceiling | server CPU cores | tokens per "
+              "server core-s | raw tokens per core-s | **CPU efficiency** | naive tok/s | rnnserve / naive |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for n, s in svc.items():
         nv = nai.get(n)
-        rawb = raw.get(n, {}).get("tokens_per_s")
-        parb = par.get(n, {}).get("tokens_per_s")
-        par_ratio = f"{s['tokens_per_s'] / parb:.0%}" if parb else "–"
+        c = ceiling(r["raw"], n)
+        per_core = s["tokens_per_s"] / max(s["server_cpu_cores"], 1e-9)
         lines.append(
-            f"| {n} | {s['tokens_per_s']:,.0f} | {nv['tokens_per_s']:,.0f} | {s['tokens_per_s'] / nv['tokens_per_s']:.1f}× | "
-            f"{rawb:,.0f} | {s['tokens_per_s'] / rawb:.0%} | {par_ratio} | "
-            f"{fmt_ms(s['ttft_p50'])} / {fmt_ms(s['ttft_p99'])} | "
-            f"{fmt_ms(s['itl_p50'])} / {fmt_ms(s['itl_p95'])} / {fmt_ms(s['itl_p99'])} | {s['tokens_per_event']:.1f} | "
-            f"{s['server_cpu_cores']:.2f} | {s['server_rss_mb']:.0f} | {fmt_ms(nv['ttft_p50'])} / {fmt_ms(nv['ttft_p99'])} |")
+            f"| {n} | {s['tokens_per_s']:,.0f} | {c['tokens_per_s']:,.0f} ({c['layout']}) | "
+            f"{s['tokens_per_s'] / c['tokens_per_s']:.2f} | {s['server_cpu_cores']:.2f} | {per_core:,.0f} | "
+            f"{c['tokens_per_core_s']:,.0f} | **{per_core / c['tokens_per_core_s']:.2f}** | "
+            + (f"{nv['tokens_per_s']:,.0f} | {s['tokens_per_s'] / nv['tokens_per_s']:.1f}× |" if nv else "– | – |"))
+    idle = r.get("idle_worker_rss_mb") or []
+    lines += ["", "Latency and memory. Inter-event latency is the gap between the SSE events a client receives (an "
+              "event carries every token made since the stream's last write: a client behind the model gets "
+              "several at once). Server RSS: the peak of the whole tree during the run; per worker: /info's "
+              f"figure at the end of the run (idle, before any request: {', '.join(f'{v:.0f}' for v in idle)} MB).\n",
+              "| streams | TTFT p50 / p99 ms | inter-event p50 / p99 ms | tokens/event | server RSS peak MB | "
+              "RSS per worker MB | naive TTFT p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
+    for n, s in svc.items():
+        nv = nai.get(n)
+        lines.append(f"| {n} | {fmt_ms(s['ttft_p50'])} / {fmt_ms(s['ttft_p99'])} | {fmt_ms(s['itl_p50'])} / "
+                     f"{fmt_ms(s['itl_p99'])} | {s['tokens_per_event']:.1f} | {s['server_rss_mb']:.0f} | "
+                     f"{', '.join(f'{v:.0f}' for v in s.get('worker_rss_mb') or [])} | "
+                     + (f"{fmt_ms(nv['ttft_p50'])} / {fmt_ms(nv['ttft_p99'])} |" if nv else "– |"))
     lines += ["", "![throughput and latency against concurrency](benchmarks.png)", "",
               "Where the targets are missed and why: [performance.md](performance.md).", ""]
     if r.get("per_model"):

@@ -43,14 +43,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 class Proc:
     """A server in its own process group, with CPU and memory read from /proc for the whole tree."""
 
-    def __init__(self, cmd: list[str], env: dict | None = None, health: str | None = None):
+    def __init__(self, cmd: list[str], env: dict | None = None, health: str | None = None, cwd: Path = REPO):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [c.replace("{port}", str(self.port)) for c in cmd]
         self.log = open(REPO / "build" / f"bench-{self.port}.log", "w") if (REPO / "build").is_dir() else \
             subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=REPO, start_new_session=True)
+                                     cwd=cwd, start_new_session=True)
         wait_healthy(self.url, self.proc)
 
     def pids(self) -> list[int]:
@@ -81,6 +81,14 @@ class Proc:
         from service.board import rss_mb
         return rss_mb(self.proc.pid)
 
+    def worker_rss_mb(self) -> list[float]:
+        """Each worker's resident memory (with its classifier process), as the server's /info reports it."""
+        import httpx
+        try:
+            return httpx.get(self.url + "/info", timeout=10).json()["memory"]["rss_mb_per_worker"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return []
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -99,11 +107,33 @@ def client(*args: str) -> dict | list:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load clients: they share the machine's cores)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measured(server: Proc, *args: str) -> dict:
-    c0, t0 = server.cpu_seconds(), time.perf_counter()
-    res = client(*args)
-    wall = time.perf_counter() - t0
-    res.update(server_cpu_cores=(server.cpu_seconds() - c0) / wall, server_rss_mb=server.rss_mb())
+    """Run a load client against `server`: its figures, plus the server's CPU cores used over the run (every
+    process of its tree), its peak resident memory during the run (sampled every 0.25 s), each worker's
+    RSS (from /info) at the end, and the CPU cores the client itself used."""
+    peak, stop = [server.rss_mb()], threading.Event()
+
+    def sample():
+        while not stop.wait(0.25):
+            peak.append(server.rss_mb())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    c0, t0, k0 = server.cpu_seconds(), time.perf_counter(), children_cpu()
+    try:
+        res = client(*args)
+    finally:
+        wall = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
+    res.update(server_cpu_cores=(server.cpu_seconds() - c0) / wall, server_rss_mb=max(peak),
+               worker_rss_mb=server.worker_rss_mb(), client_cpu_cores=(children_cpu() - k0) / wall)
     return res
 
 
@@ -120,9 +150,25 @@ def decode_speed(art, batch: int, seconds: float) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def with_cpu(fn, *args):
+    """(fn(*args), the CPU cores this process used meanwhile: all its threads, ORT's pool included)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn(*args)
+    return out, (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
 def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
     """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one
     intra-op thread: what the hardware gives the service's layout, with no server and no sampling."""
+    return parallel_ceiling_cpu(artifact, batch, loops, seconds)[0]
+
+
+def parallel_ceiling_cpu(artifact, batch: int, loops: int, seconds: float) -> tuple[float, float]:
+    """parallel_ceiling's tokens/s and the CPU cores its loops used."""
+    return with_cpu(_parallel, artifact, batch, loops, seconds)
+
+
+def _parallel(artifact, batch: int, loops: int, seconds: float) -> float:
     from service.artifact import load_artifact
     arts = [load_artifact(artifact, threads=1) for _ in range(loops)]
     speeds = [0.0] * loops

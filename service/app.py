@@ -102,9 +102,12 @@ def _inject_faults(runtime: Runtime) -> None:
 
 
 def _tune_interpreter() -> None:
-    # The engine threads and the event loop share the GIL; with the default 5 ms switch interval every
-    # socket write of the loop can wait 5 ms for the GIL while a step runs Python.
-    sys.setswitchinterval(0.0001)
+    # The engine threads and the event loop share the GIL. Each step's ONNX Runtime call lets go of it, so
+    # the loop gets its turns there; a short switch interval (0.1 ms, as here until 2026-12-04) added forced
+    # hand-offs on top, each a wake-up and a context switch. Python's default, 5 ms, measured better on 2 cores
+    # at 64 streams: 24-26k -> 28-30k tokens per server core-second, TTFT p99 68-85 -> 44-49 ms, 1 stream
+    # TTFT p50 unchanged (docs/performance.md).
+    sys.setswitchinterval(0.005)
     # Every token makes a few short-lived objects, freed by reference counting; the cyclic collector's
     # default (a young-generation pass every 700 allocations, walking everything alive) then runs
     # hundreds of times a second for nothing. Freeze what start-up made and collect less often:

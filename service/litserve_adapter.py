@@ -34,6 +34,7 @@ from collections import deque
 from pathlib import Path
 
 import litserve as ls
+from starlette.middleware.gzip import GZipMiddleware
 
 try:
     from litserve.specs.base import LitSpec
@@ -270,6 +271,9 @@ def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: 
                           healthcheck_path="/litserve/health", info_path="/litserve/info", middlewares=middlewares)
     # LitServe answers GET / with "litserve running"; / is the playground's
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    # LitServe adds gzip when its own API does not stream; ours do, and gzip's wrapper would sit on every SSE
+    # write (our JSON answers are small: compressing them costs more than it saves on a local network)
+    server.app.user_middleware = [m for m in server.app.user_middleware if m.cls is not GZipMiddleware]
     return server
 
 

@@ -9,13 +9,16 @@ share one reply, as a list of prompts does).
 """
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Union
 
 from .sampler import SamplingParams
 from .sessions import SessionState
+
+_IDS = itertools.count()
 
 
 # A generated token's log-probability: (token id, log-probability, [(id, log-probability) of the most likely])
@@ -70,7 +73,7 @@ class GenerationRequest:
     logprobs: int | None = None        # None: none; k >= 0: each generated token's, and the k most likely
     prompt_logprobs: bool = False      # each prompt token's log-probability (scores a text: no prefix cache)
     reply: object = None               # opaque to the engine: where the HTTP layer routes this request's events
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    id: str = field(default_factory=lambda: f"{os.getpid():x}-{next(_IDS):x}")  # unique on this host
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 

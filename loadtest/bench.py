@@ -121,7 +121,7 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     env = {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state}  # the service's defaults otherwise
     srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"], env)
     try:
-        rounds = "1" if quick else "3"
+        rounds = "1" if quick else "6"
         res["idle_worker_rss_mb"] = srv.worker_rss_mb()
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model, "--rounds", rounds) for n in levels]
@@ -276,7 +276,7 @@ def report(r: dict) -> str:
     lines += ["", "All thread counts: " + ", ".join(f"batch {x['batch']}/{x['threads']}t {x['tokens_per_s']:,.0f} tok/s"
                                                     for x in r["raw"]["all"]), "",
               "## 2–3. Streaming generation: rnnserve against the hardware and the naive peer\n",
-              f"Each client streams {'1 request' if r['quick'] else '3 requests'} of 256 tokens (64 with --quick), "
+              f"Each client streams {'1 request' if r['quick'] else '6 requests'} of 256 tokens (64 with --quick), "
               "back to back, at temperature 1 from its own prompt over HTTP/SSE. The **raw ceiling** at a batch is "
               "the fastest raw ORT layout of section 1 (one loop with 1 or 2 intra-op threads, or two loops of one "
               "thread, each stepping half the batch); its tokens per core-second divide its tokens/s by the CPU "

@@ -4,7 +4,7 @@ an earlier commit, this one), runs interleaved so that the machine's drift falls
     git worktree add /tmp/before be7b695
     python -m loadtest.overhead --tree before=/tmp/before --tree after=. --runs 3
 
-For each tree and run: 64 streams of 256 tokens (3 rounds) -> tokens/s, the server's CPU cores and tokens per
+For each tree and run: 64 streams of 256 tokens (12 rounds) -> tokens/s, the server's CPU cores and tokens per
 server core-second, the client's cores, TTFT and inter-event p50/p99; one stream (40 requests of 64 tokens) ->
 TTFT; 1,600 one-token requests from 8 clients -> the server's CPU per request; /classify with 64 clients for
 5 s -> texts/s. Prints a markdown table of the medians and writes the runs as JSON (--out).
@@ -30,7 +30,7 @@ def one_run(tree: Path, env: dict) -> dict:
                                                         "--tokens", str(tokens), "--model", "fortunes",
                                                         "--rounds", str(rounds))
             stream(64, 64, 1)  # warm-up
-            s64 = stream(64, 256, 3)
+            s64 = stream(64, 256, 12)
             s1 = stream(1, 64, 40)
             req = stream(8, 1, 200)
             cls = measured(srv, "classify", "--url", srv.url, "--concurrency", "64", "--seconds", "5")

@@ -41,6 +41,8 @@ from .sessions import SessionState
 
 log = logging.getLogger("rnnserve.engine")
 
+UNIFORMS = 64  # a row's uniforms drawn at a time (Slot.draw)
+
 
 def log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
     """logits (time, vocab): the log-probability of targets[t] at each step t (float64 sums)."""
@@ -72,12 +74,13 @@ class Slot:
     slot while its prompt is read, then n (`fork`)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
                  "t_first", "tokens_seen", "piece", "pending", "chain", "gen_ids", "choice", "sampling", "lps",
-                 "lp_sent", "prompt_lps")
+                 "lp_sent", "prompt_lps", "uniforms")
 
     def __init__(self, req: GenerationRequest, engine: "Engine", choice: int = 0):
         self.req = req
         self.choice = req.base + choice  # the index its events carry
         self.sampling = req.sampling.choice(choice)
+        self.uniforms: list[float] = []  # this row's next draws, last first (`draw`)
         self.lps = [] if req.logprobs is not None else None  # each generated token's log-probability
         self.lp_sent = 0
         self.prompt_lps = [] if req.prompt_logprobs else None  # feed[k + 1]'s given feed[:k + 1]
@@ -109,6 +112,12 @@ class Slot:
         self.sent = 0
         self.stop_scan = 0
         self.t_first: float | None = None
+
+    def draw(self) -> float:
+        """The row's next uniform, one per step: drawn from its generator UNIFORMS at a time, the same numbers
+        as one call each (a generator's block is its next draws in order), without a call per token."""
+        self.uniforms = self.sampling.rng.random(UNIFORMS)[::-1].tolist()
+        return self.uniforms.pop()
 
     def fork(self, choice: int, engine: "Engine") -> "Slot":
         """Choice `choice` of this slot's request, once its prompt is read: a copy of the state reached, its own
@@ -351,7 +360,8 @@ class Engine:
         if self.guard is not None:
             self._keep_utf8(logits)
         temp, topk, topp = self._batch_params()
-        uniforms = np.fromiter((s.sampling.rng.random() for s in self.active), dtype=np.float64, count=batch)
+        uniforms = np.fromiter((s.uniforms.pop() if s.uniforms else s.draw() for s in self.active), dtype=np.float64,
+                               count=batch)
         new = sample(logits, temp, topk, topp, uniforms).tolist()
         now = time.perf_counter()
         self.metrics.step(batch, now - t0)

@@ -34,8 +34,12 @@ SESSION_ERROR_TYPES = {404: "session_not_found", 409: "session_busy", 503: "sess
 
 class Channel:
     """One request's events on the event loop: the step's hand-off appends, the writer takes them all.
-    (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)"""
-    __slots__ = ("items", "waiter", "final_only", "overflowed", "last_take", "expect")
+    (An asyncio.Queue does the same with more work per token: this is the per-token hot path.)
+
+    Pacing: after a write the writer sets `not_before`; text that arrives before then waits, without a timer,
+    for the first hand-off after it (a step later at most), and a final event wakes the writer at once. The
+    writer never sleeps itself: one wake-up per write instead of a sleep and a wake-up."""
+    __slots__ = ("items", "waiter", "final_only", "overflowed", "last_take", "expect", "not_before", "urgent")
 
     def __init__(self, final_only: bool = False):
         self.expect = 0  # final events the reader waits for: one per choice of every request it carries
@@ -44,24 +48,30 @@ class Channel:
         self.final_only = final_only  # a whole (non-streamed) answer needs only the final event
         self.overflowed = False  # the client stopped reading: too many events waited too long
         self.last_take = time.monotonic()
+        self.not_before = 0.0  # monotonic time before which text alone does not wake the writer
+        self.urgent = False  # a final (or failed) event is waiting
 
     def put(self, ev: Event) -> None:
-        if self.final_only and type(ev) is Text:
-            return
+        if type(ev) is Text:
+            if self.final_only:
+                return
+        else:
+            self.urgent = True
         self.items.append(ev)
         w = self.waiter
-        if w is not None and not w.done():
+        if w is not None and not w.done() and (self.urgent or time.monotonic() >= self.not_before):
             w.set_result(None)
 
     async def take(self) -> list[Event]:
-        """Wait for at least one event, then take everything that has piled up."""
-        while not self.items:
+        """Wait for at least one event (and, for text alone, for `not_before`), then take everything that has
+        piled up."""
+        while not self.items or not (self.urgent or time.monotonic() >= self.not_before):
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
-        items, self.items = self.items, []
+        items, self.items, self.urgent = self.items, [], False
         self.last_take = time.monotonic()
         return items
 
@@ -112,6 +122,8 @@ class Runtime:
         self._settling: set[asyncio.Task] = set()
         self.started = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._handoff: list[list] = []  # steps' events not yet taken by the loop (_deliver)
+        self._handoff_lock = threading.Lock()
         self.draining = False
         self._stop = threading.Event()
 
@@ -265,15 +277,26 @@ class Runtime:
             raise empty_prompt()
         return ids
 
-    # engine thread -> event loop, once per step
+    # engine thread -> event loop, once per step; steps that end while the loop has not yet taken the last
+    # hand-off join it (one wake-up of the loop, not one per step of each engine)
     def _deliver(self, events: list[tuple[GenerationRequest, Event]]) -> None:
         loop = self.loop
         if loop is None or loop.is_closed():
             return
+        with self._handoff_lock:
+            self._handoff.append(events)
+            if len(self._handoff) > 1:
+                return  # a wake-up is already on its way
         try:
-            loop.call_soon_threadsafe(self._dispatch, events)
+            loop.call_soon_threadsafe(self._dispatch_handoff)
         except RuntimeError:
             pass  # loop closed during shutdown
+
+    def _dispatch_handoff(self) -> None:
+        with self._handoff_lock:
+            batches, self._handoff = self._handoff, []
+        for events in batches:
+            self._dispatch(events)
 
     def _dispatch(self, events: list[tuple[GenerationRequest, Event]]) -> None:
         limit = self.config.stream_buffer_events

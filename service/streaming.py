@@ -214,11 +214,12 @@ def _sse(obj: dict) -> bytes:
 
 
 async def _sse_body(reqs: list[GenerationRequest], encoder, pace):
-    """After each write the writer rests `pace()` seconds (0.25 ms per active stream, at most 25 ms) and
-    then sends everything that arrived meanwhile as one event per choice: with many streams this turns one
-    write per token into one write per stream every few milliseconds, which keeps the HTTP side from eating
-    the CPU the model needs. The first piece is never held back. The stream ends when every choice of every
-    request has its final event (or one failed)."""
+    """After each write the stream's channel holds text back for `pace()` seconds (0.25 ms per active stream,
+    at most 25 ms); then everything that arrived meanwhile goes out as one event per choice, all in one
+    write: with many streams this turns one write per token into one write per stream every few
+    milliseconds, which keeps the HTTP side from eating the CPU the model needs. The first piece and final
+    events are never held back. The stream ends when every choice of every request has its final event (or
+    one failed)."""
     reply = reqs[0].reply
     finals, done = 0, False
     try:
@@ -229,25 +230,30 @@ async def _sse_body(reqs: list[GenerationRequest], encoder, pace):
                 yield _sse(error_body("client_too_slow", "the client did not read the stream fast enough; "
                                                          "the generation was cancelled"))
                 break
+            frames = []
             for ev in _coalesce(events):
                 if type(ev) is Text:
-                    yield _sse(encoder.text(ev))
+                    frames.append(_sse(encoder.text(ev)))
                     continue
                 if type(ev) is Failed:
                     done = True
-                    yield _sse(error_body(ev.kind, ev.message, ev.field))
+                    frames.append(_sse(error_body(ev.kind, ev.message, ev.field)))
                     break
                 finals += 1
-                yield _sse(encoder.done(ev))
+                frames.append(_sse(encoder.done(ev)))
                 if finals >= reply.expect:
                     done = True
                     end = encoder.end()
                     if end is not None:
-                        yield _sse(end)
+                        frames.append(_sse(end))
+                    frames.append(DONE_LINE)
                     break
+            if frames:
+                yield frames[0] if len(frames) == 1 else b"".join(frames)
             if not done:
-                await asyncio.sleep(pace())
-        yield DONE_LINE
+                reply.not_before = time.monotonic() + pace()
+        if reply.overflowed or finals < reply.expect:
+            yield DONE_LINE
     finally:
         if not done or finals < reply.expect:
             for r in reqs:
@@ -280,11 +286,14 @@ class SSEResponse(Response):
             gone = True
             task.cancel()
         watcher = asyncio.ensure_future(watch())
+        # the start goes through every middleware (status, headers, logs); the body chunks straight to the
+        # edge's own `send` (middleware.py): the layers between only ever look at the start
+        body_send = scope.get("rnnserve.send", send)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone:
                 raise  # the server is stopping, not the client leaving

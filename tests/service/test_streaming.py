@@ -26,7 +26,8 @@ def collect(events, encoder_of, n=1) -> list:
             req.reply.put(ev)
         body = [chunk async for chunk in _sse_body([req], encoder_of([req]), lambda: 0.0)]
         return req, body
-    req, body = asyncio.run(main())
+    req, chunks = asyncio.run(main())
+    body = [e + b"\n\n" for e in b"".join(chunks).split(b"\n\n") if e]  # a write may carry several events
     assert body[-1] == b"data: [DONE]\n\n"
     return [json.loads(b[6:]) for b in body[:-1]], req
 
@@ -87,3 +88,24 @@ def test_a_whole_answer_channel_keeps_only_the_final_event():
     ch.put(Text("a"))
     ch.put(Done("length", "a", 0, 1))
     assert [type(e) for e in ch.items] == [Done]
+
+
+def test_paced_text_waits_for_not_before_but_a_final_event_wakes_the_writer_at_once():
+    import time
+
+    async def main():
+        ch = Channel()
+        ch.expect = 1
+        ch.not_before = time.monotonic() + 60  # a write just happened: text is held back
+        taker = asyncio.ensure_future(ch.take())
+        ch.put(Text("a"))
+        await asyncio.sleep(0.01)
+        held = not taker.done()
+        ch.put(Done("length", "a", 1, 1))
+        got = await asyncio.wait_for(taker, 5)
+        ch.not_before = 0.0  # the pace has passed: text alone wakes it
+        taker = asyncio.ensure_future(ch.take())
+        ch.put(Text("b"))
+        return held, got, await asyncio.wait_for(taker, 5)
+    held, got, later = asyncio.run(main())
+    assert held and [type(e).__name__ for e in got] == ["Text", "Done"] and [e.text for e in later] == ["b"]

@@ -2,7 +2,8 @@
 each session store. Every figure of a section comes from the same run as its baseline.
 
     rnnserve bench                                   # everything, this machine's worker counts (1, 2)
-    rnnserve bench --only workers --workers 1,2,4,8 --streams 64,256,512   # a bigger machine
+    python -c "from loadtest import scaling; print(scaling.workers_section([1, 2, 4, 8], [64, 256], 256, 2,
+               'fortunes', 2.0))"                    # a bigger machine: more workers, more streams
 """
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ class Runtime:
         return all(e.alive() and now - e.heartbeat < 10 for e in self.engines)
 
     def pace(self) -> float:
-        """Seconds an SSE writer rests between writes: 0.25 ms per active stream, at most 25 ms."""
+        """Seconds a stream holds text back after a write: 0.25 ms per active stream, at most 25 ms."""
         return min(0.025, 0.00025 * sum(len(e.active) for e in self.engines))
 
     # ---------------------------------------------------------------- models

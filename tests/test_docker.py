@@ -79,12 +79,12 @@ def built():
     tag = f"rnnserve-test:{uuid.uuid4().hex[:8]}"
     docker("build", "--network=host", "--build-arg", f"BASE={BASE}", "-t", tag, str(ROOT), timeout=1200)
     volume = f"rnnserve-test-{uuid.uuid4().hex[:8]}"
-    c = Container(tag, volume, free_port())
+    built = {"image": tag, "volume": volume, "container": Container(tag, volume, free_port())}
     try:
-        c.wait_healthy()
-        yield {"image": tag, "volume": volume, "container": c}
+        built["container"].wait_healthy()
+        yield built
     finally:
-        c.remove()
+        built["container"].remove()  # the one running now: a test may have replaced the first
         docker("volume", "rm", "-f", volume, check=False)
         docker("rmi", "-f", tag, check=False)
 
@@ -143,6 +143,40 @@ def test_the_image_size_over_its_base_is_reported(built):
     base = int(docker("image", "inspect", "--format", "{{.Size}}", BASE).stdout)
     print(f"\nimage {size / 1e6:.0f} MB on {BASE} ({base / 1e6:.0f} MB): {(size - base) / 1e6:.0f} MB over its base")
     assert size - base < 400e6  # measured 235 MB over rnnserve-base:bookworm; a ceiling against a torch slip
+
+
+@needs_engine
+def test_the_readme_docker_commands_run(built, tmp_path):
+    """The README's build line is the one built above (plus --network=host and the base: this machine reaches no
+    registry); each of its `docker run` lines runs here with `-p 8000:8000` as host networking on a free port."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploying"):]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, re.S)[:1]
+    lines = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    assert lines[0] == "docker build -t rnnserve ."
+    runs = [shlex.split(line) for line in lines[1:]]
+    assert runs and all(r[:4] == ["docker", "run", "-p", "8000:8000"] and r[-1] == "rnnserve" for r in runs)
+    mine = tmp_path / "artifacts"
+    shutil.copytree(ROOT / "models" / "fortunes", mine / "mine")
+    for d in [tmp_path, *mine.rglob("*")]:
+        d.chmod(0o755 if d.is_dir() else 0o644)
+    volume = f"rnnserve-test-{uuid.uuid4().hex[:8]}"
+    for argv in runs:
+        port = free_port()
+        args = [a.replace("./artifacts", str(mine)).replace("rnnserve-state:", volume + ":") for a in argv[4:-1]]
+        cid = docker("run", "-d", "--network", "host", "-e", f"RNNSERVE_PORT={port}", "--health-interval", "1s",
+                     *args, built["image"]).stdout.strip()
+        c = Container.__new__(Container)
+        c.id, c.port, c.url = cid, port, f"http://127.0.0.1:{port}"
+        try:
+            c.wait_healthy()
+            models = set(httpx.get(c.url + "/info", timeout=10).json()["models"])
+            assert models == ({"mine"} if "RNNSERVE_MODELS=/models" in args else {"fortunes", "fortunes-bpe", "langid"})
+            assert generate(c.url, prompt="Love", max_tokens=5)["usage"]["completion_tokens"] == 5
+        finally:
+            c.remove()
+    docker("volume", "rm", "-f", volume, check=False)
 
 
 # Without an engine: the Dockerfile linted, then replayed.

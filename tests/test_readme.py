@@ -70,24 +70,28 @@ def test_the_openai_example_runs(bundled):
 
 
 def test_serve_your_own_model(tmp_path):
-    """The section's two plain-PyTorch scripts (a few seconds of training instead of a minute), its imports, its
-    server (started here on a free port with the same models) and its requests."""
+    """The section's two plain-PyTorch scripts in examples/ (a few seconds of training instead of a minute), its
+    imports, its server (started here on a free port with the same models) and its requests."""
     start = README.index("## Serve your own model")
     section = README[start:README.index("\n## ", start + 5)]
     bs = blocks(section)
-    scripts = [body for lang, body in bs if lang == "python"]
+    (shown,) = [body for lang, body in bs if lang == "python"]
+    assert shown in (ROOT / "examples" / "lm.py").read_text()  # the README shows the script's own model
     commands, requests = [body for lang, body in bs if lang == "sh"]
-    assert len(scripts) == 2
     (tmp_path / "models").symlink_to(ROOT / "models")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     printed = ""
-    for code in scripts:
+    lines = commands.strip().splitlines()
+    scripts = [line.split("#")[0].split() for line in lines if line.startswith("python ")]
+    assert [s[1] for s in scripts] == ["examples/lm.py", "examples/clf.py"]
+    for _, script in scripts:
+        code = (ROOT / script).read_text()
         assert "time.time() + 60" in code
         p = subprocess.run([sys.executable, "-c", code.replace("time.time() + 60", "time.time() + 4")], cwd=tmp_path,
                            capture_output=True, text=True, timeout=300, env=env)
         assert p.returncode == 0, p.stderr
         printed += p.stdout
-    lines = commands.strip().splitlines()
+    lines = [line for line in lines if not line.startswith("python ")]
     labels = re.search(r"--labels (\S+)", commands).group(1)
     assert printed.strip() == labels  # the labels the script prints are the ones the README imports with
     for line in lines[:-1]:
@@ -110,3 +114,10 @@ def test_serve_your_own_model(tmp_path):
         assert '"label"' in out and "data: [DONE]" in out
     finally:
         s.stop()
+
+
+def test_the_readme_is_a_front_door_whose_pointers_exist():
+    assert len(README.splitlines()) <= 200
+    named = set(re.findall(r"\b((?:docs|examples|deploy|scripts)/[\w./-]*\w)", README))
+    assert {"docs/api.md", "docs/deployment.md", "docs/performance.md", "docs/models.md"} <= named
+    assert [p for p in sorted(named) if not (ROOT / p).exists()] == []

@@ -69,10 +69,13 @@ def build(config: Config, worker: Worker):
     board = Board(worker.run_dir, worker.id, worker.workers)
     batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, c.classify_max_queue,
                               on_batch=metrics.classify_batch.observe)
+    direct: dict = {}  # the generation endpoints, answered by the edge itself (middleware.py)
     server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), c.int8, batcher,
-                         middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id})])
+                         middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id,
+                                                        "direct": direct})])
     routes = Routes(runtime, batcher, board, ready=lambda: worker_ready(server))
     routes.register(server.app)
+    direct.update(routes.direct())
     return server, runtime, board, routes
 
 

@@ -8,6 +8,8 @@ import json
 import logging
 import time
 
+from starlette.requests import Request
+
 from .config import Config, replica_name
 from .errors import RequestError, json_bytes
 from .metrics import ServiceMetrics
@@ -29,8 +31,9 @@ def endpoint_label(path: str) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app, config: Config, metrics: ServiceMetrics, worker: int = 0):
+    def __init__(self, app, config: Config, metrics: ServiceMetrics, worker: int = 0, direct: dict | None = None):
         self.app, self.config, self.metrics = app, config, metrics
+        self.direct = direct if direct is not None else {}  # path -> handler(Request) -> Response, called here
         # which replica and which of its workers answered
         self.who = [(b"x-rnnserve-replica", replica_name(config).encode("latin-1", "replace")),
                     (b"x-rnnserve-worker", str(worker).encode())]
@@ -57,6 +60,10 @@ class EdgeMiddleware:
                 if body is None:
                     return  # the client left while sending
                 receive = _replay(body, receive)
+                handler = self.direct.get(path)
+                if handler is not None:  # the generation endpoints: no router walk, no per-layer wrappers
+                    response = await handler(Request(scope, receive))
+                    return await response(scope, receive, send_wrapper)
             return await self.app(scope, receive, send_wrapper)
         except RequestError as e:
             return await _reject(send_wrapper, e)

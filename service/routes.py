@@ -200,6 +200,12 @@ class Routes:
         self.rt.metrics.workers_up.set(sum(w["up"] for w in self.board.read()))
         return Response(self.rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def direct(self) -> dict:
+        """The hot POST endpoints by path, for the edge to call without FastAPI's routing and wrappers (each
+        request of a burst of 64 streams costs the event loop its parse and submit, not a router's walk);
+        they stay registered below for the OpenAPI schema and for any app that mounts these routes."""
+        return {"/generate": self.generate, "/v1/completions": self.completions, "/v1/chat/completions": self.chat}
+
     def register(self, app: FastAPI) -> None:
         app.add_exception_handler(RequestValidationError,
                                   lambda request, exc: error_response(schemas.validation_error(exc.errors())))

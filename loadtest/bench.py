@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import scaling
-from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling_cpu, with_cpu
+from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling, with_cpu
 
 def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     import onnxruntime as ort
@@ -33,7 +33,7 @@ def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     # The service's layout: one loop per core, each stepping half the batch with one intra-op thread.
     parallel = {}
     for b in (x for x in batches if x >= 8):
-        tps, cores = parallel_ceiling_cpu(artifact, b, 2, seconds)
+        tps, cores = with_cpu(parallel_ceiling, artifact, b, 2, seconds)
         parallel[b] = {"batch": b, "loops": 2, "tokens_per_s": tps, "cpu_cores": cores, "tokens_per_core_s": tps / cores}
     int8 = []
     if json.loads((artifact / "model.json").read_text()).get("int8"):

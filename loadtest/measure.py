@@ -159,16 +159,8 @@ def with_cpu(fn, *args):
 
 def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
     """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one
-    intra-op thread: what the hardware gives the service's layout, with no server and no sampling."""
-    return parallel_ceiling_cpu(artifact, batch, loops, seconds)[0]
-
-
-def parallel_ceiling_cpu(artifact, batch: int, loops: int, seconds: float) -> tuple[float, float]:
-    """parallel_ceiling's tokens/s and the CPU cores its loops used."""
-    return with_cpu(_parallel, artifact, batch, loops, seconds)
-
-
-def _parallel(artifact, batch: int, loops: int, seconds: float) -> float:
+    intra-op thread: what the hardware gives the service's layout, with no server and no sampling (with its
+    CPU: `with_cpu(parallel_ceiling, ...)`)."""
     from service.artifact import load_artifact
     arts = [load_artifact(artifact, threads=1) for _ in range(loops)]
     speeds = [0.0] * loops

@@ -51,7 +51,6 @@ class EdgeMiddleware:
                 message["headers"] = [*message.get("headers", ()), *self.who]
             await send(message)
 
-        scope["rnnserve.send"] = send  # a streamed body's chunks skip the wrappers below (streaming.SSEResponse)
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             self._check_key(path, headers)

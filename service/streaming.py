@@ -281,19 +281,15 @@ class SSEResponse(Response):
 
         async def watch() -> None:
             nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _disconnected(receive)
             gone = True
             task.cancel()
         watcher = asyncio.ensure_future(watch())
-        # the start goes through every middleware (status, headers, logs); the body chunks straight to the
-        # edge's own `send` (middleware.py): the layers between only ever look at the start
-        body_send = scope.get("rnnserve.send", send)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
-                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not gone:
                 raise  # the server is stopping, not the client leaving
@@ -309,16 +305,16 @@ def sse(reqs: list[GenerationRequest], encoder, pace=lambda: 0.0) -> SSEResponse
     return SSEResponse(_sse_body(reqs, encoder, pace), SSE_HEADERS)
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(receive) -> None:
     """Return when the client closes the connection (the body has been read: nothing else can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
 async def unless_gone(fut: asyncio.Future, request: Request):
     """The future's result, or — when the client closes the connection first — the future cancelled and a
     499 (logged; nobody is left to read it)."""
-    gone = asyncio.ensure_future(_disconnected(request))
+    gone = asyncio.ensure_future(_disconnected(request.receive))
     try:
         await asyncio.wait({fut, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not fut.done():

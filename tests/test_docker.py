@@ -49,11 +49,14 @@ needs_engine = pytest.mark.skipif(BASE is None, reason=WHY_NOT)
 
 
 class Container:
-    def __init__(self, image: str, volume: str, port: int):
-        self.port, self.url = port, f"http://127.0.0.1:{port}"
-        self.id = docker("run", "-d", "--network", "host", "-e", f"RNNSERVE_PORT={port}", "-v",
-                         f"{volume}:/var/lib/rnnserve", "--health-interval", "1s", "--health-start-period",
-                         "60s", image).stdout.strip()
+    """`docker run -d` on the host network on its own port (no bridge on CI's engine), the healthcheck every
+    second; `args` are further `docker run` options (volumes, environment)."""
+
+    def __init__(self, image: str, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.id = docker("run", "-d", "--network", "host", "-e", f"RNNSERVE_PORT={self.port}", "--health-interval",
+                         "1s", "--health-start-period", "60s", *args, image).stdout.strip()
 
     def state(self) -> dict:
         return json.loads(docker("inspect", "--format", "{{json .State}}", self.id).stdout)
@@ -79,7 +82,7 @@ def built():
     tag = f"rnnserve-test:{uuid.uuid4().hex[:8]}"
     docker("build", "--network=host", "--build-arg", f"BASE={BASE}", "-t", tag, str(ROOT), timeout=1200)
     volume = f"rnnserve-test-{uuid.uuid4().hex[:8]}"
-    built = {"image": tag, "volume": volume, "container": Container(tag, volume, free_port())}
+    built = {"image": tag, "volume": volume, "container": Container(tag, "-v", f"{volume}:/var/lib/rnnserve")}
     try:
         built["container"].wait_healthy()
         yield built
@@ -130,7 +133,7 @@ def test_a_session_survives_a_new_container_on_the_same_volume_and_stop_is_clean
     st = c.state()
     assert not st["Running"] and st["ExitCode"] == 0 and not st["OOMKilled"], st
     c.remove()
-    new = Container(built["image"], built["volume"], free_port())
+    new = Container(built["image"], "-v", f"{built['volume']}:/var/lib/rnnserve")
     built["container"] = new
     new.wait_healthy()
     second = generate(new.url, prompt="", max_tokens=30, temperature=0, session_id=sid)["text"]
@@ -163,12 +166,8 @@ def test_the_readme_docker_commands_run(built, tmp_path):
         d.chmod(0o755 if d.is_dir() else 0o644)
     volume = f"rnnserve-test-{uuid.uuid4().hex[:8]}"
     for argv in runs:
-        port = free_port()
         args = [a.replace("./artifacts", str(mine)).replace("rnnserve-state:", volume + ":") for a in argv[4:-1]]
-        cid = docker("run", "-d", "--network", "host", "-e", f"RNNSERVE_PORT={port}", "--health-interval", "1s",
-                     *args, built["image"]).stdout.strip()
-        c = Container.__new__(Container)
-        c.id, c.port, c.url = cid, port, f"http://127.0.0.1:{port}"
+        c = Container(built["image"], *args)
         try:
             c.wait_healthy()
             models = set(httpx.get(c.url + "/info", timeout=10).json()["models"])

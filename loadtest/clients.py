@@ -79,7 +79,9 @@ async def one_stream(client: aiohttp.ClientSession, url: str, body: dict) -> dic
             "seconds": time.perf_counter() - t0}
 
 
-async def streams(url: str, concurrency: int, tokens: int, model: str | None, rounds: int) -> dict:
+async def streams(url: str, concurrency: int, tokens: int, model: str | None, rounds: int, extra: dict | None = None,
+                  extra_every: int = 1) -> dict:
+    """`extra` (decoding controls, a constraint) goes into the bodies of every `extra_every`-th client's requests."""
     async with session(concurrency, 600) as client:
         async def warm():
             async with client.post(url + "/generate", json={"max_tokens": 4, "stream": False}) as r:
@@ -91,7 +93,8 @@ async def streams(url: str, concurrency: int, tokens: int, model: str | None, ro
             for k in range(rounds):
                 out.append(await one_stream(client, url, {
                     "prompt": PROMPTS[(i + k) % len(PROMPTS)] + str(i), "max_tokens": tokens, "temperature": 1.0,
-                    "seed": 1000 * k + i, **({"model": model} if model else {})}))
+                    "seed": 1000 * k + i, **({"model": model} if model else {}),
+                    **(extra if extra and i % extra_every == 0 else {})}))
             return out
 
         t0 = time.perf_counter()
@@ -214,9 +217,11 @@ def main(argv=None) -> None:
     ap.add_argument("--texts", help="classify: CSV/TSV whose `text` column is sent (default: 8 short sentences)")
     ap.add_argument("--history-chars", type=int, nargs="+", default=[256, 1024, 4096, 8000])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--extra", type=json.loads, help="stream: JSON merged into the request bodies")
+    ap.add_argument("--extra-every", type=int, default=1, help="stream: --extra for every K-th client (2: half)")
     a = ap.parse_args(argv)
     if a.mode == "stream":
-        res = asyncio.run(streams(a.url, a.concurrency, a.tokens, a.model, a.rounds))
+        res = asyncio.run(streams(a.url, a.concurrency, a.tokens, a.model, a.rounds, a.extra, a.extra_every))
     elif a.mode == "classify":
         res = asyncio.run(classify(a.url, a.concurrency, a.seconds, read_texts(a.texts)))
     elif a.mode == "turns":

@@ -22,6 +22,9 @@ MAX_PROMPTS = 16      # /v1/completions: prompts in one list
 MAX_MESSAGES = 256    # /v1/chat/completions: messages of one conversation
 MAX_LOGPROBS = 5      # /v1/completions: `logprobs`, most likely tokens reported per token (as OpenAI)
 MAX_TOP_LOGPROBS = 20  # /v1/chat/completions: `top_logprobs` (as OpenAI)
+MAX_LOGIT_BIAS = 300   # `logit_bias`: token ids biased in one request (as OpenAI)
+MAX_SCHEMA_BYTES = 32768  # a constraint (JSON schema, regex, grammar) as JSON text
+MAX_CHOICE_STRINGS = 256  # `guided_choice`: the strings to choose from
 
 
 @dataclass

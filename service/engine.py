@@ -34,7 +34,9 @@ from typing import Callable
 import numpy as np
 
 from .artifact import Artifact
+from .constraints import MaskBatch
 from .prefix_cache import PrefixCache, root_of
+from .processors import BatchControls
 from .requests import Done, Event, Failed, GenerationRequest, Text
 from .sampler import sample
 from .sessions import SessionState
@@ -74,7 +76,7 @@ class Slot:
     slot while its prompt is read, then n (`fork`)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
                  "t_first", "tokens_seen", "piece", "pending", "chain", "gen_ids", "choice", "sampling", "lps",
-                 "lp_sent", "prompt_lps", "uniforms")
+                 "lp_sent", "prompt_lps", "uniforms", "ctl", "tail")
 
     def __init__(self, req: GenerationRequest, engine: "Engine", choice: int = 0):
         self.req = req
@@ -84,6 +86,9 @@ class Slot:
         self.lps = [] if req.logprobs is not None else None  # each generated token's log-probability
         self.lp_sent = 0
         self.prompt_lps = [] if req.prompt_logprobs else None  # feed[k + 1]'s given feed[:k + 1]
+        # penalties, logit bias, min_p, a grammar's matcher (processors.py); None: a plain row
+        self.ctl = req.controls.row(engine.vocab, req.prompt_ids) if req.controls is not None else None
+        self.tail = ""  # the text past a stop string: read by the state, never sent
         start = req.start
         if start is not None:
             self.state = [a[:, None, :].copy() for a in start.arrays]
@@ -170,6 +175,8 @@ class Engine:
         self.active: list[Slot] = []
         self.state: list[np.ndarray] = artifact.zero_state(0)
         self._params_dirty = True
+        self.vocab = artifact.tokenizer.vocab_size
+        self._masks = MaskBatch(self.vocab)
         self._running = False
         self._draining: str | None = None
         self._thread: threading.Thread | None = None
@@ -344,6 +351,7 @@ class Engine:
             self._temp = np.array([s.sampling.temperature for s in self.active], dtype=np.float32)
             self._topk = np.array([s.sampling.top_k for s in self.active], dtype=np.int64)
             self._topp = np.array([s.sampling.top_p for s in self.active], dtype=np.float32)
+            self._controls = BatchControls([s.ctl for s in self.active], self.vocab, self._masks)
             self._params_dirty = False
         return self._temp, self._topk, self._topp
 
@@ -360,15 +368,22 @@ class Engine:
         if self.guard is not None:
             self._keep_utf8(logits)
         temp, topk, topp = self._batch_params()
+        controls = self._controls
+        if controls.any:
+            controls.apply(logits, temp)
         uniforms = np.fromiter((s.uniforms.pop() if s.uniforms else s.draw() for s in self.active), dtype=np.float64,
                                count=batch)
         new = sample(logits, temp, topk, topp, uniforms).tolist()
+        ended = controls.after(new) if controls.any else None  # rows whose grammar is complete
         now = time.perf_counter()
         self.metrics.step(batch, now - t0)
         keep = None
         firsts = 0
         guard = self.guard
         for i, (s, tok) in enumerate(zip(self.active, new)):
+            if ended and ended.get(i) == "unsatisfiable":
+                keep = self._unsatisfiable(s, i, events, keep, batch)
+                continue
             s.next_token = tok
             s.generated += 1
             if guard is not None:
@@ -384,6 +399,8 @@ class Engine:
             if s.req.stop:
                 s.text += s.piece(tok)
                 reason = self._check_stop(s)
+                if reason is None and ended:
+                    reason = ended.get(i)
                 if reason is None and s.generated >= s.req.max_tokens:
                     reason = "length"
                 piece = self._emittable(s, final=reason is not None)
@@ -392,6 +409,8 @@ class Engine:
                 s.text += piece
                 s.sent = len(s.text)
                 reason = "length" if s.generated >= s.req.max_tokens else None
+                if ended and i in ended:
+                    reason = ended[i]
             if piece:
                 events.append((s.req, self._text(s, piece)))
             if reason is not None:
@@ -409,6 +428,16 @@ class Engine:
         if keep is not None:
             self._retire(keep)
 
+    def _unsatisfiable(self, s: Slot, row: int, events: list, keep, batch: int):
+        """A row whose grammar needs text this vocabulary cannot write: it ends with an error, nothing kept."""
+        events.append((s.req, Failed("the constraint needs text this model's vocabulary cannot write (a character "
+                                     "it does not have)", "constraint_unsatisfiable", None, 422)))
+        self.metrics.finished("error")
+        if keep is None:
+            keep = np.ones(batch, dtype=bool)
+        keep[row] = False
+        return keep
+
     def _keep_utf8(self, logits: np.ndarray) -> None:
         """Mask the tokens that would make a row's bytes invalid UTF-8 (Utf8Guard): the fixed set at a
         character boundary for every row, then each row inside a character gets its own mask."""
@@ -425,7 +454,7 @@ class Engine:
         hits = [i for i in (s.text.find(x, start) for x in stop) if i >= 0]
         s.stop_scan = len(s.text)
         if hits:
-            s.text = s.text[: min(hits)]
+            s.text, s.tail = s.text[: min(hits)], s.text[min(hits):]
             return "stop"
         return None
 
@@ -456,7 +485,7 @@ class Engine:
             kept = SessionState([np.ascontiguousarray(a[:, row, :]) for a in self.state], s.next_token,
                                 s.tokens_seen + len(s.feed) - 1 + s.generated, self.art.fingerprint)
         return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept, s.choice, s.lps,
-                    self._prompt_scores(s))
+                    self._prompt_scores(s), s.tail)
 
     @staticmethod
     def _text(s: Slot, piece: str) -> Text:

@@ -16,9 +16,9 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("rnnserve")
 
-ENDPOINTS = ("/", "/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/v1/models", "/sessions",
-             "/info", "/metrics", "/health", "/live")
-JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/sessions")
+ENDPOINTS = ("/", "/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/models",
+             "/sessions", "/info", "/metrics", "/health", "/live")
+JSON_POSTS = ("/generate", "/classify", "/v1/completions", "/v1/chat/completions", "/v1/responses", "/sessions")
 OPEN = ("/", "/health", "/live")  # the playground page and the probes need no API key
 QUIET = ("/health", "/live", "/metrics")  # not logged: scraped every few seconds
 
@@ -27,6 +27,8 @@ def endpoint_label(path: str) -> str:
     """The metrics label of a path: the endpoint's route, never the raw path (ids would explode the series)."""
     if path in ENDPOINTS:
         return path
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
     return "/sessions/{id}" if path.startswith("/sessions/") else "other"
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Union
 
+from .processors import Controls
 from .sampler import SamplingParams
 from .sessions import SessionState
 
@@ -45,6 +46,7 @@ class Done:
     index: int = 0                      # the choice
     logprobs: list[TokenLogprob] | None = None  # every generated token's, when asked
     prompt_logprobs: list[float | None] | None = None  # each prompt token's given what precedes it, when asked
+    tail: str = ""  # generated text past a stop string: not part of `text`, but read by the state reached
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Failed:
     message: str
     kind: str = "inference_error"
     field: str | None = None
+    status: int = 503  # a whole answer's HTTP status (503: try again; 422: the request cannot be met)
 
 
 Event = Union[Text, Done, Failed]
@@ -72,6 +75,7 @@ class GenerationRequest:
     base: int = 0                      # the index of choice 0 in the events (several requests, one reply)
     logprobs: int | None = None        # None: none; k >= 0: each generated token's, and the k most likely
     prompt_logprobs: bool = False      # each prompt token's log-probability (scores a text: no prefix cache)
+    controls: Controls | None = None   # penalties, logit bias, min_p, a grammar (processors.py); None: plain
     reply: object = None               # opaque to the engine: where the HTTP layer routes this request's events
     id: str = field(default_factory=lambda: f"{os.getpid():x}-{next(_IDS):x}")  # unique on this host
     arrival: float = field(default_factory=time.perf_counter)

@@ -3,6 +3,7 @@ the answer. Nothing here generates, batches or stores."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -18,12 +19,25 @@ from .config import (MAX_CHOICES, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_STOP, MAX_T
                      replica_name)
 from .errors import RequestError
 from .litserve_adapter import ClassifyBatcher
+from .responses import Responses, ResponsesRequest
 from .runtime import Runtime
 from .chat import ChatTemplateError
 from .runtime import Channel
 from .schemas import ChatRequest, ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
 from .sessions import SessionError
 from .tokenizer import EncodeError
+
+
+@contextmanager
+def conversation_errors(field: str):
+    """A chat's prompt is its messages as the chat template writes them: an error about the prompt names them."""
+    try:
+        yield
+    except RequestError as e:
+        if e.field == "prompt":
+            e.field = field
+            e.message = f"{field}: as the model's chat template writes them: {e.message.removeprefix('prompt: ')}"
+        raise
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -41,6 +55,7 @@ class Routes:
     def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, board: Board, ready: Callable[[], bool]):
         self.rt, self.batcher, self.board, self.ready = runtime, batcher, board, ready
         self.page = PLAYGROUND.read_bytes()
+        self.responses = Responses(self)
 
     async def playground(self, request: Request):
         """GET /: the playground page (it holds no secret: served without an API key; its calls need one)."""
@@ -54,9 +69,10 @@ class Routes:
                 raise RequestError(422, "session_id: the body and the X-Session-ID header name different sessions",
                                    "session_id", "invalid_value")
             g.session_id = header
+        controls = await self.rt.controls(self.rt.lm_name(g.model), g)
         req = await self.rt.submit(model=g.model, prompt=g.prompt, max_tokens=g.max_tokens,
                                    sampling=g.sampling_params(), stop=g.stop, session_id=g.session_id,
-                                   stream=g.stream)
+                                   stream=g.stream, controls=controls)
         return await self._answer([req], streaming.GenerateEncoder(g.session_id), g.stream, request)
 
     async def completions(self, request: Request):
@@ -74,24 +90,27 @@ class Routes:
         model = self.rt.lm_name(c.model)
         fmt = self.rt.chat[model]
         try:
-            prompt = fmt.render([m.model_dump(exclude_none=True) for m in c.messages])
+            prompt = fmt.render([m.for_template() for m in c.messages])
         except ChatTemplateError as e:
             raise RequestError(422, f"messages: {e}", "messages", "invalid_value") from None
         if len(prompt) > MAX_PROMPT_CHARS:
             raise RequestError(422, f"messages: the conversation as the model reads it is {len(prompt):,} characters, "
                                     f"more than {MAX_PROMPT_CHARS:,}", "messages", "invalid_value")
         stop = c.stop or fmt.stop  # the template's turn ends, unless the request names its own
-        reqs = await self._submit_all(model, [prompt], c, max_tokens=c.limit, stop=stop, logprobs=c.logprobs_top)
+        with conversation_errors("messages"):
+            reqs = await self._submit_all(model, [prompt], c, max_tokens=c.limit, stop=stop, logprobs=c.logprobs_top)
         encoder = streaming.ChatEncoder(model, reqs, self.rt.lms[model].tokenizer, c.include_usage)
         return await self._answer(reqs, encoder, c.stream, request)
 
     async def _submit_all(self, model: str, prompts: list[str], c, **kw) -> list:
         """One engine request per prompt, all answering into one reply; if one is refused, the others end."""
         reply, reqs = Channel(final_only=not c.stream), []
+        controls = await self.rt.controls(model, c)
         try:
             for i, prompt in enumerate(prompts):
                 reqs.append(await self.rt.submit(model=model, prompt=prompt, sampling=c.sampling_params(),
-                                                 stream=c.stream, n=c.n, base=i * c.n, reply=reply, **kw))
+                                                 stream=c.stream, n=c.n, base=i * c.n, reply=reply,
+                                                 controls=controls, **kw))
         except BaseException:
             for r in reqs:
                 r.cancel()
@@ -204,7 +223,8 @@ class Routes:
         """The hot POST endpoints by path, for the edge to call without FastAPI's routing and wrappers (each
         request of a burst of 64 streams costs the event loop its parse and submit, not a router's walk);
         they stay registered below for the OpenAPI schema and for any app that mounts these routes."""
-        return {"/generate": self.generate, "/v1/completions": self.completions, "/v1/chat/completions": self.chat}
+        return {"/generate": self.generate, "/v1/completions": self.completions, "/v1/chat/completions": self.chat,
+                "/v1/responses": self.responses.create}
 
     def register(self, app: FastAPI) -> None:
         app.add_exception_handler(RequestValidationError,
@@ -218,6 +238,10 @@ class Routes:
             summary="OpenAI-compatible completions")
         add("/v1/chat/completions", self.chat, methods=["POST"], openapi_extra=_body_doc(ChatRequest),
             summary="OpenAI-compatible chat completions (the model's chat template)")
+        add("/v1/responses", self.responses.create, methods=["POST"], openapi_extra=_body_doc(ResponsesRequest),
+            summary="OpenAI's Responses API (previous_response_id continues the stored recurrent state)")
+        add("/v1/responses/{response_id}", self.responses.get, methods=["GET"])
+        add("/v1/responses/{response_id}", self.responses.delete, methods=["DELETE"])
         add("/v1/models", self.models, methods=["GET"])
         add("/classify", self.classify, methods=["POST"], openapi_extra=_body_doc(ClassifyRequest),
             summary="Classify one text or a list (concurrent requests are batched)")

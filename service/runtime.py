@@ -16,14 +16,16 @@ import time
 
 from .artifact import Artifact
 from .chat import ChatFormat
+from .constraints import ConstraintError, Vocabulary
 from .config import Config, engine_threads
 from .engine import Engine, Overloaded
 from .requests import Done, Event, Failed, GenerationRequest, Text
 from .errors import RequestError, busy
 from .metrics import ServiceMetrics
 from .prefix_cache import PrefixCache
+from .processors import Controls
 from .sampler import SamplingParams
-from .sessions import Claim, SessionBusy, SessionError, SessionStore
+from .sessions import Claim, SessionBusy, SessionError, SessionState, SessionStore
 from .tokenizer import EncodeError
 
 log = logging.getLogger("rnnserve")
@@ -118,7 +120,9 @@ class Runtime:
                          for name, art in lms.items()}
         self.engines = [e for group in self.by_model.values() for e in group]
         self.chat = {name: ChatFormat.of(art.manifest) for name, art in lms.items()}  # /v1/chat/completions
+        self.vocabs = {name: Vocabulary(art.tokenizer) for name, art in lms.items()}  # structured outputs
         self.claims: dict[GenerationRequest, Claim] = {}  # requests working on a session (event loop only)
+        self.notes: dict[GenerationRequest, object] = {}  # what such a request keeps with its state: done -> JSON
         self._settling: set[asyncio.Task] = set()
         self.started = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -195,6 +199,25 @@ class Runtime:
                                "model", "model_not_found")
         return name
 
+    async def controls(self, model: str, fields) -> Controls | None:
+        """A request's logits controls (schemas.SamplingFields, ConstraintFields) for `model`: a token id outside
+        its vocabulary is a 422 naming it; a constraint is compiled off the event loop (llguidance lets go of
+        the GIL), and one that cannot be is a 422 with the library's reason. None when all are neutral."""
+        kw = fields.controls()
+        vocab = self.lms[model].tokenizer.vocab_size
+        outside = [t for t in kw["bias"] if t >= vocab]
+        if outside:
+            raise RequestError(422, f"logit_bias: token id {outside[0]} is outside the vocabulary of model {model!r} "
+                                    f"(ids 0..{vocab - 1})", "logit_bias", "invalid_value")
+        spec = fields.constraint_spec()
+        if spec is not None:
+            try:
+                vocab = self.vocabs[model]
+                kw["grammar"] = vocab.cached(spec) or await asyncio.to_thread(vocab.grammar, spec)
+            except ConstraintError as e:
+                raise spec.error(str(e)) from None
+        return Controls.of(**kw)
+
     # ---------------------------------------------------------------- sessions
     async def _store(self, fn, *args):
         """Call the session store: directly when it is in memory, off the event loop when it does I/O."""
@@ -222,9 +245,13 @@ class Runtime:
     async def submit(self, *, model: str | None, prompt: str, max_tokens: int, sampling: SamplingParams,
                      stop: list[str], session_id: str | None = None, stream: bool = True, n: int = 1,
                      base: int = 0, logprobs: int | None = None, prompt_logprobs: bool = False,
-                     reply: Channel | None = None) -> GenerationRequest:
+                     reply: Channel | None = None, controls: Controls | None = None,
+                     start: SessionState | None = None, note=None) -> GenerationRequest:
         """Start a generation of `n` choices; its events arrive in the returned request's `reply` Channel (a new
-        one, or `reply`, shared with other requests of one HTTP request: their choices are numbered from `base`)."""
+        one, or `reply`, shared with other requests of one HTTP request: their choices are numbered from `base`).
+        With `session_id` the turn continues the session's state and commits the state it reaches there; `start`
+        (another session's state: a stored response's) replaces the session's own as the starting point, and
+        `note(done)` gives the JSON text to keep with the committed state."""
         self.loop = self.loop or asyncio.get_running_loop()
         if self.draining:
             raise busy("server shutting down; retry on another replica")
@@ -237,18 +264,22 @@ class Runtime:
                 claim = await self._store(self.store.claim, session_id, model)
             except SessionError as e:
                 raise session_error(e) from None
-        if claim is not None and claim.state is None and not prompt_ids and not self.by_model[model][0].bos_ids:
+        if start is None and claim is not None:
+            start = claim.state
+        if claim is not None and start is None and not prompt_ids and not self.by_model[model][0].bos_ids:
             await self._store(self.store.release, claim)
             raise empty_prompt()
-        if claim is not None and claim.state is not None and claim.state.artifact not in ("", art.fingerprint):
+        if claim is not None and start is not None and start.artifact not in ("", art.fingerprint):
             await self._store(self.store.release, claim)
-            raise model_replaced(session_id, model, claim.state.artifact, art.fingerprint)
+            raise model_replaced(session_id, model, start.artifact, art.fingerprint)
         reply = reply if reply is not None else Channel(final_only=not stream)
         req = GenerationRequest(prompt_ids, max_tokens, sampling, stop,
-                                start=claim.state if claim else None, keep_state=claim is not None, n=n, base=base,
-                                logprobs=logprobs, prompt_logprobs=prompt_logprobs, reply=reply)
+                                start=start, keep_state=claim is not None, n=n, base=base,
+                                logprobs=logprobs, prompt_logprobs=prompt_logprobs, reply=reply, controls=controls)
         if claim is not None:
             self.claims[req] = claim
+            if note is not None:
+                self.notes[req] = note
         try:
             live = [e for e in self.by_model[model] if e.alive()]
             if not live:
@@ -258,6 +289,7 @@ class Runtime:
         except Overloaded as e:
             if claim is not None:
                 del self.claims[req]
+                self.notes.pop(req, None)
                 await self._store(self.store.release, claim)
             raise busy(f"server busy: {e}; retry shortly") from None
         return req
@@ -302,6 +334,12 @@ class Runtime:
         limit = self.config.stream_buffer_events
         for req, ev in events:
             claim = self.claims.pop(req, None) if type(ev) is not Text else None
+            if claim is not None and type(ev) is Done and ev.state is not None:
+                note = self.notes.pop(req, None)
+                if note is not None:
+                    ev.state.note = note(ev)
+            elif claim is not None:
+                self.notes.pop(req, None)
             if claim is None:
                 reply = req.reply
                 reply.put(ev)

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import (MAX_CHOICES, MAX_LOGPROBS, MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_STOP, MAX_STOP_CHARS,
-                     MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS, MAX_TOP_LOGPROBS)
+from .config import (MAX_CHOICE_STRINGS, MAX_CHOICES, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_MESSAGES, MAX_PROMPT_CHARS,
+                     MAX_PROMPTS, MAX_SCHEMA_BYTES, MAX_STOP, MAX_STOP_CHARS, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS,
+                     MAX_TOP_LOGPROBS)
+from .constraints import Spec
 from .errors import RequestError
 from .sampler import SamplingParams
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _union_tag(p) -> bool:
+    """A segment pydantic adds to a location for one branch of a union (`str`, `list[InputMessage]`)."""
+    return isinstance(p, str) and (p in _UNION_TAGS or "[" in p)
+
+
 def _field_name(loc) -> str:
-    return ".".join(str(p) for p in loc if p != "body") or "body"
+    return ".".join(str(p) for p in loc if p != "body" and not _union_tag(p)) or "body"
 
 
 def validation_error(e: ValidationError | list) -> RequestError:
     errors = e.errors() if isinstance(e, ValidationError) else e
+    # of a union's branches, the one the value was meant for: not the "should be a valid string" of another
+    branches = [x for x in errors if any(_union_tag(p) for p in x.get("loc", ())) and not x["type"].endswith("_type")]
+    if branches and len(errors) > 1:
+        errors = branches + [x for x in errors if x not in branches]
     first = errors[0]
     if first.get("type") == "json_invalid":
         return RequestError(400, f"body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
@@ -100,13 +114,46 @@ class SamplingFields(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="same seed, same request -> same text")
+    frequency_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0,
+                                               description="logit -= f x the token's count in the output (OpenAI)")
+    presence_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0,
+                                              description="logit -= p once a token is in the output (OpenAI)")
+    repetition_penalty: Optional[float] = Field(1.0, gt=0.0, le=10.0,
+                                                description="a token of the prompt or output: logit / r if positive, "
+                                                            "x r if negative (HF, vLLM); 1 = off")
+    logit_bias: Optional[dict[str, float]] = Field(None, description="token id -> bias in -100..100 (OpenAI)")
+    min_p: Optional[float] = Field(0.0, ge=0.0, le=1.0, description="drop tokens less likely than min_p x the most "
+                                                                     "likely one (vLLM); 0 = off")
 
-    @field_validator("temperature", "top_p", mode="before")
+    @field_validator("temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_p",
+                     mode="before")
     @classmethod
     def _numbers_only(cls, v):
         if isinstance(v, (str, bool)):
             raise ValueError("must be a number")
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v):
+        if not v:
+            return {}
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} token ids")
+        out = {}
+        for k, b in v.items():
+            if not k.strip().isdigit():
+                raise ValueError(f"key {k!r} is not a token id (a non-negative integer as a string)")
+            if not -100 <= b <= 100:
+                raise ValueError(f"the bias of token {k} is {b}, outside -100..100")
+            out[str(int(k))] = b
+        return out
+
+    def controls(self) -> dict:
+        """The logits controls as processors.Controls takes them (None means neutral, as OpenAI's clients send)."""
+        return {"frequency": self.frequency_penalty or 0.0, "presence": self.presence_penalty or 0.0,
+                "repetition": 1.0 if self.repetition_penalty is None else self.repetition_penalty,
+                "bias": {int(k): b for k, b in (self.logit_bias or {}).items()}, "min_p": self.min_p or 0.0}
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(self.temperature, 0, self.top_p, self.seed)
@@ -127,7 +174,102 @@ def _check_stop(v):
     return v
 
 
-class GenerateRequest(SamplingFields):
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("response", max_length=64)
+    description: Optional[str] = Field(None, max_length=1024)
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text, json_object or json_schema (with `json_schema: {name, schema, strict}`)."""
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("json_schema: required with type json_schema ({\"name\": ..., \"schema\": {...}})")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: one of json, regex, choice, grammar."""
+    model_config = ConfigDict(extra="forbid")
+    json_: Optional[Union[dict[str, Any], str]] = Field(None, alias="json")
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+
+
+def _schema_text_size(v) -> int:
+    return len(v.encode()) if isinstance(v, str) else len(json.dumps(v).encode())
+
+
+class ConstraintFields(BaseModel):
+    """Structured outputs: OpenAI's `response_format` and vLLM's names (`guided_json`, `guided_regex`,
+    `guided_choice`, `guided_grammar`, or `structured_outputs`); at most one. Compiled by llguidance
+    (constraints.py): a constraint that does not compile is a 422 with the library's reason."""
+
+    response_format: Optional[ResponseFormat] = None
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(None, description="a JSON schema (vLLM)")
+    guided_regex: Optional[str] = Field(None, description="a regular expression the text matches (vLLM)")
+    guided_choice: Optional[list[str]] = Field(None, description="the text is one of these strings (vLLM)")
+    guided_grammar: Optional[str] = Field(None, description="a Lark grammar, llguidance's format (vLLM)")
+    structured_outputs: Optional[StructuredOutputs] = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self):
+        given = [k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+                 if getattr(self, k) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            given.insert(0, "response_format")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give one constraint, not {' and '.join(given)}")
+        spec = self.constraint_spec()
+        if spec is not None:
+            if spec.kind == "choice" and not (1 <= len(spec.value) <= MAX_CHOICE_STRINGS and all(spec.value)):
+                raise ValueError(f"{spec.field.split('.')[0]}: 1 to {MAX_CHOICE_STRINGS} non-empty strings")
+            if spec.kind != "json_object" and _schema_text_size(spec.value) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"{spec.field.split('.')[0]}: larger than {MAX_SCHEMA_BYTES} bytes as JSON")
+        return self
+
+    def constraint_spec(self) -> Spec | None:
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            return Spec("json_object", None, "response_format")
+        if rf is not None and rf.type == "json_schema":
+            return Spec("json_schema", rf.json_schema.schema_, "response_format.json_schema.schema")
+        if self.guided_json is not None:
+            return Spec("json_schema", _as_schema(self.guided_json, "guided_json"), "guided_json")
+        for kind in ("regex", "choice", "grammar"):
+            if getattr(self, "guided_" + kind) is not None:
+                return Spec(kind, getattr(self, "guided_" + kind), "guided_" + kind)
+        so = self.structured_outputs
+        if so is not None:
+            if so.json_ is not None:
+                return Spec("json_schema", _as_schema(so.json_, "structured_outputs.json"), "structured_outputs.json")
+            for kind in ("regex", "choice", "grammar"):
+                if getattr(so, kind) is not None:
+                    return Spec(kind, getattr(so, kind), "structured_outputs." + kind)
+        return None
+
+
+def _as_schema(v, field: str) -> dict:
+    if isinstance(v, dict):
+        return v
+    try:
+        out = json.loads(v)
+    except ValueError:
+        raise ValueError(f"{field}: a JSON schema, as an object or a string holding one") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{field}: a JSON schema is an object")
+    return out
+
+
+class GenerateRequest(SamplingFields, ConstraintFields):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Prompt
@@ -158,7 +300,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(False, description="a last chunk with the usage of the whole request")
 
 
-class OpenAIFields(SamplingFields):
+class OpenAIFields(SamplingFields, ConstraintFields):
     """What /v1/completions and /v1/chat/completions share. A field this service does not support is a 422
     naming it: none is ignored."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -226,11 +368,48 @@ class CompletionRequest(OpenAIFields):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")  # chat's text part, and the Responses API's
+
+
+def joined_text(v, what: str = "part"):
+    """Message content as clients send it: a string, or a list of text parts ({"type": "text", "text": ...}),
+    joined by newlines (as vLLM joins them). A part of another type (an image, audio, a file) is refused by
+    name: these models read text."""
+    if isinstance(v, str) or not isinstance(v, list):
+        return v
+    texts = []
+    for i, part in enumerate(v):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PARTS:
+            raise ValueError(f"{what} {i} is of type {kind!r}: only text parts are read ({', '.join(TEXT_PARTS)}); "
+                             "these models read text")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"{what} {i}: a text part needs a string `text`")
+        extra = set(part) - {"type", "text", "annotations", "logprobs"}
+        if extra:
+            raise ValueError(f"{what} {i}: unknown or unsupported field {sorted(extra)[0]!r}")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(..., max_length=MAX_PROMPT_CHARS)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str = Field(..., max_length=MAX_PROMPT_CHARS,
+                         description="a string, or a list of text parts (joined by newlines)")
     name: Optional[str] = Field(None, max_length=64)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v):
+        return joined_text(v)
+
+    def for_template(self) -> dict:
+        """As the chat template reads it: `developer` (the newer name) is `system`."""
+        d = self.model_dump(exclude_none=True)
+        if d["role"] == "developer":
+            d["role"] = "system"
+        return d
 
 
 class ChatRequest(OpenAIFields):
@@ -239,8 +418,25 @@ class ChatRequest(OpenAIFields):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: bool = False
+    logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Optional[list[Any]] = Field(None, description="must be empty: these models have no tool calls")
+    tool_choice: Optional[Union[Literal["none", "auto"], dict]] = None
+    parallel_tool_calls: Optional[bool] = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v):
+        if v:
+            raise ValueError("these models have no tool calls: send no tools (or an empty list)")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, v):
+        if isinstance(v, dict):
+            raise ValueError("these models have no tool calls: a tool cannot be chosen")
+        return v
 
     @model_validator(mode="after")
     def _limits(self):

@@ -23,7 +23,7 @@ DONE_LINE = b"data: [DONE]\n\n"
 
 
 def failed_error(ev: Failed) -> RequestError:
-    return RequestError(503, ev.message, ev.field, ev.kind, {"Retry-After": "1"})
+    return RequestError(ev.status, ev.message, ev.field, ev.kind, {"Retry-After": "1"} if ev.status == 503 else None)
 
 
 class GenerateEncoder:
@@ -209,7 +209,10 @@ def _coalesce(events: list[Event]):
     yield from pending.values()
 
 
-def _sse(obj: dict) -> bytes:
+def _sse(obj: dict | bytes) -> bytes:
+    """One SSE event of an encoder's object (an encoder that names its events writes the bytes itself)."""
+    if type(obj) is bytes:
+        return obj
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
@@ -222,6 +225,7 @@ async def _sse_body(reqs: list[GenerationRequest], encoder, pace):
     one failed)."""
     reply = reqs[0].reply
     finals, done = 0, False
+    done_line = getattr(encoder, "done_line", DONE_LINE)  # the Responses API ends without [DONE]
     try:
         while not done:
             events = await reply.take()
@@ -246,14 +250,14 @@ async def _sse_body(reqs: list[GenerationRequest], encoder, pace):
                     end = encoder.end()
                     if end is not None:
                         frames.append(_sse(end))
-                    frames.append(DONE_LINE)
+                    frames.append(done_line)
                     break
             if frames:
                 yield frames[0] if len(frames) == 1 else b"".join(frames)
             if not done:
                 reply.not_before = time.monotonic() + pace()
-        if reply.overflowed or finals < reply.expect:
-            yield DONE_LINE
+        if (reply.overflowed or finals < reply.expect) and done_line:
+            yield done_line
     finally:
         if not done or finals < reply.expect:
             for r in reqs:

@@ -204,6 +204,14 @@ def server(artifacts):
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory):
+    """A server of the bundled models (models/: fortunes, fortunes-bpe, langid), as `make serve` starts it."""
+    s = Server(ROOT / "models", RNNSERVE_STATE_DIR=tmp_path_factory.mktemp("bundled"))
+    yield s
+    s.stop()
+
+
 class RedisServer:
     """A real redis-server on a free loopback port, persistence off; stop() and start() it again to test outages."""
 

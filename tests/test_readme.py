@@ -24,13 +24,6 @@ def pattern(expected: str) -> re.Pattern:
     return re.compile(".*?".join(re.escape(part) for part in expected.split("...")), re.S)
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    s = Server(ROOT / "models", RNNSERVE_STATE_DIR=tmp_path_factory.mktemp("readme"))
-    yield s
-    s.stop()
-
-
 def run_sh(script: str, url: str) -> str:
     """Run a README block against `url` (the README's http://127.0.0.1:8000 or :8001)."""
     script = script.replace("http://127.0.0.1:8000", url).replace("http://127.0.0.1:8001", url)

@@ -34,10 +34,11 @@ class SessionState:
     next_token: int
     tokens_seen: int = 0
     artifact: str = ""
+    note: str | None = None  # JSON kept with the state by whoever made the turn (a stored response's record)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
+        return sum(a.nbytes for a in self.arrays) + (len(self.note) if self.note else 0)
 
 
 @dataclass

@@ -4,7 +4,8 @@
 
 The header names the model, the state's version (the fencing number), the dtype and the shapes, the
 pending token, the tokens fed so far and the fingerprint of the weights that computed the state, so a
-value can be checked before it is trusted.
+value can be checked before it is trusted; `note`, when present, is the JSON text kept with the state (a
+stored response's record, service/responses.py).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def encode(state: SessionState, model: str, version: int) -> bytes:
     arrays = [np.ascontiguousarray(a, dtype="<f4") for a in state.arrays]
     header = json.dumps({"format": FORMAT, "model": model, "version": version, "dtype": "float32",
                          "shapes": [list(a.shape) for a in arrays], "next_token": int(state.next_token),
-                         "tokens_seen": int(state.tokens_seen), "artifact": state.artifact},
-                        separators=(",", ":")).encode()
+                         "tokens_seen": int(state.tokens_seen), "artifact": state.artifact,
+                         **({"note": state.note} if state.note else {})},
+                        separators=(",", ":"), ensure_ascii=False).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays)])
 
 
@@ -60,7 +62,7 @@ def decode(blob: bytes) -> tuple[SessionState | None, dict]:
         if header.get("fresh"):
             return None, header
         return SessionState(arrays, int(header["next_token"]), int(header["tokens_seen"]),
-                            str(header.get("artifact", ""))), header
+                            str(header.get("artifact", "")), header.get("note")), header
     except CorruptState:
         raise
     except (ValueError, KeyError, TypeError, struct.error) as e:

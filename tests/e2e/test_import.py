@@ -268,12 +268,17 @@ def test_a_session_never_continues_on_replaced_weights(imported, tmp_path, store
     if store == "redis":
         env["RNNSERVE_SESSIONS"] = request.getfixturevalue("redis_server").url
     models = tmp_path / "models"
-    run_import(ImportArgs("lm", str(root / "vocab.json"), str(models / "mylm"), state_dict=str(root / "lstm1.pt")))
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m.content }} {% endfor %}")  # this vocabulary's
+    run_import(ImportArgs("lm", str(root / "vocab.json"), str(models / "mylm"), state_dict=str(root / "lstm1.pt"),
+                          chat_template=str(tmp_path / "chat.jinja")))
     s = Server(models, **env)
     try:
         sid = httpx.post(s.url + "/sessions", json={"model": "mylm"}).json()["session_id"]
         turn = {"model": "mylm", "prompt": "The", "max_tokens": 5, "stream": False, "session_id": sid}
         assert httpx.post(s.url + "/generate", json=turn).status_code == 200
+        rr = httpx.post(s.url + "/v1/responses", json={"model": "mylm", "input": "The", "max_output_tokens": 5})
+        assert rr.status_code == 200, rr.text
+        rid = rr.json()["id"]
     finally:
         s.stop()
     run_import(ImportArgs("lm", str(root / "vocab.json"), str(models / "mylm"), state_dict=str(root / "lstm2.pt"),
@@ -288,6 +293,9 @@ def test_a_session_never_continues_on_replaced_weights(imported, tmp_path, store
         fresh = httpx.post(s.url + "/sessions", json={"model": "mylm"}).json()["session_id"]
         assert httpx.post(s.url + "/generate", json={**turn, "session_id": fresh}).status_code == 200
         assert httpx.post(s.url + "/generate", json=turn).status_code == 409  # the refused session was released
+        r = httpx.post(s.url + "/v1/responses", json={"model": "mylm", "input": "x", "previous_response_id": rid})
+        assert r.status_code == 409 and r.json()["error"]["field"] == "previous_response_id", r.text
+        assert r.json()["error"]["type"] == "session_model_changed"
     finally:
         s.stop()
     assert os.path.exists(models / "mylm" / "model.json")

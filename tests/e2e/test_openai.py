@@ -87,8 +87,9 @@ def test_a_scored_text_sums_to_what_eval_measures(server, artifacts, tmp_path):
 
 def test_unsupported_fields_are_named(server):
     for path, body in (("/v1/completions", {"prompt": "x", "best_of": 2}),
-                       ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 2}}),
-                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "response_format": {}})):
+                       ("/v1/completions", {"prompt": "x", "suffix": "y"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "audio": {}}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "store": True})):
         r = httpx.post(server.url + path, json=body)
         field = next(k for k in body if k not in ("prompt", "messages"))
         assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text

@@ -28,12 +28,10 @@ def chrome(tmp):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    s = Server(ROOT / "models", RNNSERVE_STATE_DIR=tmp_path_factory.mktemp("play"))
+def site(bundled, tmp_path_factory):
     d = chrome(tmp_path_factory.mktemp("chrome"))
-    yield s, d
+    yield bundled, d
     d.quit()
-    s.stop()
 
 
 def wait(cond, timeout=30, every=0.05):
@@ -95,6 +93,31 @@ def test_generating_with_a_seed_gives_the_text_the_api_gives(site):
                                                 "stream": False}).json()
     assert generated(d) == api["text"] and d.find_element("id", "finish").text == "length"
     assert d.find_element("id", "ttft").text.endswith("ms") and d.find_element("id", "tokens").text == "60"
+
+
+def test_sampling_controls_and_json_mode_give_what_the_api_gives(site):
+    import json
+    s, d = site
+    open_page(s, d)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["name", "age"], "additionalProperties": False}
+    fill(d, prompt="Who?", temperature=0.8, max_tokens=80, seed=4, frequency_penalty=0.8, min_p=0.05)
+    d.find_element("id", "json-mode").click()
+    assert d.find_element("id", "json-schema").is_displayed()
+    fill(d, json_schema=json.dumps(schema))
+    d.find_element("id", "generate").click()
+    wait(lambda: d.find_element("id", "finish").text not in ("…", "–"))
+    api = httpx.post(s.url + "/generate", json={
+        "prompt": "Who?", "temperature": 0.8, "max_tokens": 80, "seed": 4, "frequency_penalty": 0.8, "min_p": 0.05,
+        "stream": False, "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}).json()
+    assert generated(d) == api["text"] and d.find_element("id", "finish").text == api["finish_reason"] == "stop"
+    assert set(json.loads(api["text"])) == {"name", "age"}
+    fill(d, json_schema="{not json")
+    d.find_element("id", "generate").click()
+    assert "not valid JSON" in wait(lambda: d.find_element("id", "error").text)
+    d.find_element("id", "json-mode").click()
+    fill(d, frequency_penalty=0, min_p=0)
 
 
 def test_a_subword_model_streams_whole_characters_and_counts_its_tokens(site):

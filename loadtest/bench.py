@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest import scaling
+from loadtest import controls, scaling
 from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling, with_cpu
 
 def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
@@ -162,6 +162,9 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     else:
         print("   (no redis-server/haproxy: apt-get install -y redis-server haproxy for the Redis and replica figures)")
         res["turns"] = scaling.turn_costs(stores, 3 if quick else 10)
+
+    print("7/7 decoding controls and structured outputs", flush=True)
+    res["controls"] = controls.run(1 if quick else 3, rounds=1 if quick else 4)
 
     print("5/7 naive peer (PyTorch + FastAPI)", flush=True)
     naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
@@ -370,6 +373,8 @@ def report(r: dict) -> str:
         lines += scaling.report_turns(r["turns"])
     if "replicas" in r:
         lines += scaling.report_replicas(r["replicas"])
+    if "controls" in r:
+        lines += ["## Decoding controls and structured outputs\n", controls.report(r["controls"]), ""]
     return "\n".join(lines) + "\n"
 
 

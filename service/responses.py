@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,7 +31,7 @@ from .errors import RequestError
 from .requests import Done, Text
 from .sampler import SamplingParams
 from .runtime import model_replaced, session_error
-from .schemas import ChatMessage, JsonSchemaFormat, SamplingFields, joined_text
+from .schemas import ChatMessage, JsonSchemaFormat, NoTools, SamplingFields, joined_text
 from .sessions import SessionError, SessionNotFound, SessionState
 
 
@@ -58,7 +58,7 @@ class InputMessage(ChatMessage):
         return joined_text(v, "content part")
 
 
-class ResponsesRequest(SamplingFields):
+class ResponsesRequest(SamplingFields, NoTools):
     """POST /v1/responses. A field this service does not support is a 422 naming it."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -74,9 +74,6 @@ class ResponsesRequest(SamplingFields):
     metadata: Optional[dict[str, str]] = Field(None, max_length=16)
     user: Optional[str] = Field(None, max_length=256)
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 = off (not OpenAI's; as vLLM)")
-    tools: Optional[list[Any]] = None
-    tool_choice: Optional[Literal["none", "auto"]] = None
-    parallel_tool_calls: Optional[bool] = None
     truncation: Optional[Literal["disabled", "auto"]] = Field(
         None, description="nothing is ever truncated: a recurrent state has no context window")
 
@@ -87,13 +84,6 @@ class ResponsesRequest(SamplingFields):
             raise ValueError(f"give 1 to {MAX_MESSAGES} messages")
         if isinstance(v, str) and len(v) > MAX_PROMPT_CHARS:
             raise ValueError(f"longer than {MAX_PROMPT_CHARS} characters")
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v):
-        if v:
-            raise ValueError("these models have no tool calls: send no tools (or an empty list)")
         return v
 
     def sampling_params(self) -> SamplingParams:
@@ -134,7 +124,7 @@ class ResponseEncoder:
     """The response object and its stream of typed events (each SSE event named after its `type`)."""
     done_line = b""  # the Responses stream ends with response.completed, not [DONE]
 
-    def __init__(self, rid: str, model: str, r: ResponsesRequest, prompt_tokens: int = 0):
+    def __init__(self, rid: str, model: str, r: ResponsesRequest):
         self.rid, self.model, self.r = rid, model, r
         self.msg_id = "msg_" + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -143,7 +133,7 @@ class ResponseEncoder:
         self.started = False
         self.finals: list[Done] = []
 
-    def response(self, done: Done | None, prompt_tokens: int = 0) -> dict:
+    def response(self, done: Done | None) -> dict:
         status, incomplete, output, usage = "in_progress", None, [], None
         if done is not None:
             status = "completed" if done.finish_reason == "stop" else "incomplete"

@@ -412,14 +412,8 @@ class ChatMessage(BaseModel):
         return d
 
 
-class ChatRequest(OpenAIFields):
-    """OpenAI's /v1/chat/completions body."""
-
-    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: Optional[bool] = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+class NoTools(BaseModel):
+    """What clients send about tools, as these models have none: an empty list, `none` or `auto`."""
     tools: Optional[list[Any]] = Field(None, description="must be empty: these models have no tool calls")
     tool_choice: Optional[Union[Literal["none", "auto"], dict]] = None
     parallel_tool_calls: Optional[bool] = None
@@ -437,6 +431,16 @@ class ChatRequest(OpenAIFields):
         if isinstance(v, dict):
             raise ValueError("these models have no tool calls: a tool cannot be chosen")
         return v
+
+
+class ChatRequest(OpenAIFields, NoTools):
+    """OpenAI's /v1/chat/completions body."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_TOKENS)
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _limits(self):

@@ -203,13 +203,15 @@ class Runtime:
         """A request's logits controls (schemas.SamplingFields, ConstraintFields) for `model`: a token id outside
         its vocabulary is a 422 naming it; a constraint is compiled off the event loop (llguidance lets go of
         the GIL), and one that cannot be is a 422 with the library's reason. None when all are neutral."""
+        spec = fields.constraint_spec()
+        if spec is None and fields.neutral():
+            return None  # the common request: nothing to build
         kw = fields.controls()
         vocab = self.lms[model].tokenizer.vocab_size
         outside = [t for t in kw["bias"] if t >= vocab]
         if outside:
             raise RequestError(422, f"logit_bias: token id {outside[0]} is outside the vocabulary of model {model!r} "
                                     f"(ids 0..{vocab - 1})", "logit_bias", "invalid_value")
-        spec = fields.constraint_spec()
         if spec is not None:
             try:
                 vocab = self.vocabs[model]

@@ -149,6 +149,11 @@ class SamplingFields(BaseModel):
             out[str(int(k))] = b
         return out
 
+    def neutral(self) -> bool:
+        """No penalty, bias or min_p: the row samples as plain."""
+        return not (self.frequency_penalty or self.presence_penalty or self.logit_bias or self.min_p) and \
+            self.repetition_penalty in (None, 1)
+
     def controls(self) -> dict:
         """The logits controls as processors.Controls takes them (None means neutral, as OpenAI's clients send)."""
         return {"frequency": self.frequency_penalty or 0.0, "presence": self.presence_penalty or 0.0,
@@ -222,6 +227,9 @@ class ConstraintFields(BaseModel):
 
     @model_validator(mode="after")
     def _one_constraint(self):
+        if self.response_format is None and self.guided_json is None and self.guided_regex is None and \
+                self.guided_choice is None and self.guided_grammar is None and self.structured_outputs is None:
+            return self  # the common request
         given = [k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
                  if getattr(self, k) is not None]
         if self.response_format is not None and self.response_format.type != "text":

@@ -7,6 +7,7 @@ the layers that write bytes themselves write them with `json_bytes`.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 
 def json_bytes(body) -> bytes:
@@ -34,3 +35,15 @@ class RequestError(Exception):
 def busy(message: str, retry_after: int = 1) -> RequestError:
     """503 with Retry-After: the request was fine, the server cannot take it now."""
     return RequestError(503, message, None, "overloaded", {"Retry-After": str(retry_after)})
+
+
+@contextmanager
+def conversation_errors(field: str):
+    """A chat's prompt is its messages as the chat template writes them: an error about the prompt names them."""
+    try:
+        yield
+    except RequestError as e:
+        if e.field == "prompt":
+            e.field = field
+            e.message = f"{field}: as the model's chat template writes them: {e.message.removeprefix('prompt: ')}"
+        raise

@@ -27,11 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .chat import ChatTemplateError
 from .config import MAX_MESSAGES, MAX_PROMPT_CHARS, MAX_TOKENS
 from .constraints import Spec
-from .errors import RequestError
+from .errors import RequestError, conversation_errors
 from .requests import Done, Text
 from .sampler import SamplingParams
 from .runtime import model_replaced, session_error
-from .schemas import ChatMessage, JsonSchemaFormat, NoTools, SamplingFields, joined_text
+from .schemas import ChatMessage, JsonSchemaFormat, NoTools, SamplingFields, joined_text, parse_body
 from .sessions import SessionError, SessionNotFound, SessionState
 
 
@@ -202,8 +202,8 @@ class ResponseEncoder:
 class Responses:
     """The three endpoints, over the runtime's sessions."""
 
-    def __init__(self, routes):
-        self.routes, self.rt = routes, routes.rt
+    def __init__(self, runtime, answer):
+        self.rt, self.answer = runtime, answer  # answer(reqs, encoder, stream, request): streamed or whole
 
     async def _stored(self, response_id: str, field: str, model: str | None = None) -> tuple[str, SessionState, dict]:
         """A stored response: (model, state, record). Read by claiming its session and letting go at once."""
@@ -229,8 +229,7 @@ class Responses:
                                 "deleted or expired)", field, "not_found")
 
     async def create(self, request):
-        from .routes import _parse, conversation_errors
-        r: ResponsesRequest = await _parse(ResponsesRequest, await request.body())
+        r: ResponsesRequest = await parse_body(ResponsesRequest, await request.body())
         rt = self.rt
         model = rt.lm_name(r.model)
         art = rt.lms[model]
@@ -279,7 +278,7 @@ class Responses:
             if sid:
                 await rt.delete_session(sid)
             raise
-        return await self.routes._answer([req], encoder, bool(r.stream), request)
+        return await self.answer([req], encoder, bool(r.stream), request)
 
     async def get(self, response_id: str):
         _, _, record = await self._stored(response_id, "response_id")

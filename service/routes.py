@@ -2,8 +2,6 @@
 the answer. Nothing here generates, batches or stores."""
 from __future__ import annotations
 
-import asyncio
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +15,7 @@ from . import schemas, streaming
 from .board import Board
 from .config import (MAX_CHOICES, MAX_PROMPT_CHARS, MAX_PROMPTS, MAX_STOP, MAX_TEXT_CHARS, MAX_TEXTS, MAX_TOKENS,
                      replica_name)
-from .errors import RequestError
+from .errors import RequestError, conversation_errors
 from .litserve_adapter import ClassifyBatcher
 from .responses import Responses, ResponsesRequest
 from .runtime import Runtime
@@ -26,18 +24,6 @@ from .runtime import Channel
 from .schemas import ChatRequest, ClassifyRequest, CompletionRequest, GenerateRequest, SessionCreate
 from .sessions import SessionError
 from .tokenizer import EncodeError
-
-
-@contextmanager
-def conversation_errors(field: str):
-    """A chat's prompt is its messages as the chat template writes them: an error about the prompt names them."""
-    try:
-        yield
-    except RequestError as e:
-        if e.field == "prompt":
-            e.field = field
-            e.message = f"{field}: as the model's chat template writes them: {e.message.removeprefix('prompt: ')}"
-        raise
 
 
 def error_response(e: RequestError) -> JSONResponse:
@@ -55,14 +41,14 @@ class Routes:
     def __init__(self, runtime: Runtime, batcher: ClassifyBatcher, board: Board, ready: Callable[[], bool]):
         self.rt, self.batcher, self.board, self.ready = runtime, batcher, board, ready
         self.page = PLAYGROUND.read_bytes()
-        self.responses = Responses(self)
+        self.responses = Responses(runtime, self._answer)
 
     async def playground(self, request: Request):
         """GET /: the playground page (it holds no secret: served without an API key; its calls need one)."""
         return Response(self.page, media_type="text/html; charset=utf-8", headers=PLAYGROUND_HEADERS)
 
     async def generate(self, request: Request):
-        g: GenerateRequest = await _parse(GenerateRequest, await request.body())
+        g: GenerateRequest = await schemas.parse_body(GenerateRequest, await request.body())
         header = request.headers.get("x-session-id")  # lets a balancer hash on it; the body's field is the same
         if header is not None:
             if g.session_id is not None and g.session_id != header:
@@ -76,7 +62,7 @@ class Routes:
         return await self._answer([req], streaming.GenerateEncoder(g.session_id), g.stream, request)
 
     async def completions(self, request: Request):
-        c: CompletionRequest = await _parse(CompletionRequest, await request.body())
+        c: CompletionRequest = await schemas.parse_body(CompletionRequest, await request.body())
         model = self.rt.lm_name(c.model)
         scored = c.echo and c.logprobs is not None  # the prompt's own log-probabilities: a text scored
         reqs = await self._submit_all(model, c.prompts, c, max_tokens=c.max_tokens, stop=c.stop,
@@ -86,7 +72,7 @@ class Routes:
         return await self._answer(reqs, encoder, c.stream, request)
 
     async def chat(self, request: Request):
-        c: ChatRequest = await _parse(ChatRequest, await request.body())
+        c: ChatRequest = await schemas.parse_body(ChatRequest, await request.body())
         model = self.rt.lm_name(c.model)
         fmt = self.rt.chat[model]
         try:
@@ -123,7 +109,7 @@ class Routes:
         return streaming.sse(reqs, encoder, self.rt.pace)
 
     async def classify(self, request: Request):
-        c: ClassifyRequest = await _parse(ClassifyRequest, await request.body())
+        c: ClassifyRequest = await schemas.parse_body(ClassifyRequest, await request.body())
         served = list(self.rt.classifiers)
         if not served:
             raise RequestError(404, "this server has no classifier loaded", "model", "not_found")
@@ -252,17 +238,6 @@ class Routes:
         add("/live", self.live, methods=["GET"])
         add("/info", self.info, methods=["GET"])
         add("/metrics", self.metrics, methods=["GET"])
-
-
-BIG_BODY = 64 << 10
-
-
-async def _parse(model: type[BaseModel], raw: bytes):
-    """Decode a body; a big one (up to the 1 MB limit: 256 texts) off the event loop, so that parsing and
-    validating it never holds up the writes of the streams."""
-    if len(raw) > BIG_BODY:
-        return await asyncio.to_thread(schemas.parse, model, raw)
-    return schemas.parse(model, raw)
 
 
 def _body_doc(model: type[BaseModel]) -> dict:

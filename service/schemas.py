@@ -2,6 +2,7 @@
 422 naming the field. Each generation request builds its own `SamplingParams`."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any, Literal, Optional, Union
@@ -102,6 +103,17 @@ def parse(model: type[BaseModel], raw: bytes) -> BaseModel:
         return model.model_validate(obj)
     except ValidationError as e:
         raise validation_error(e) from None
+
+
+BIG_BODY = 64 << 10
+
+
+async def parse_body(model: type[BaseModel], raw: bytes):
+    """Decode a body; a big one (up to the 1 MB limit: 256 texts) off the event loop, so that parsing and
+    validating it never holds up the writes of the streams."""
+    if len(raw) > BIG_BODY:
+        return await asyncio.to_thread(parse, model, raw)
+    return parse(model, raw)
 
 
 Prompt = Field(default="", max_length=MAX_PROMPT_CHARS,

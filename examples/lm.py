@@ -31,3 +31,4 @@ while time.time() < end:
     opt.zero_grad(); loss.backward(); opt.step()
 torch.save(model.state_dict(), "lm.pt")
 json.dump(stoi, open("vocab.json", "w"))
+torch.onnx.export(model.eval(), (batch[:1, :-1],), "lm.onnx", verbose=False)  # a plain export: no state in

@@ -520,6 +520,8 @@ def _import_onnx(a: ImportArgs, tok) -> dict:
         raise ImportRefused(f"--onnx {path}: not an ONNX model ({e})") from None
     renames = _renames(a.rename)
     missing = _rename(model.graph, renames)
+    made = _stateful(model, a, tok, path) if not missing else None
+    model = made.model if made else model
     facts, reasons = check_graph(model, a.kind)
     reasons = [f"--rename {old}: the graph has no input or output {old!r}" for old in missing] + reasons
     logits = facts.get("logits")
@@ -559,13 +561,43 @@ def _import_onnx(a: ImportArgs, tok) -> dict:
             "onnx_sha256": sha256_file(onnx_path), "onnx_bytes": onnx_path.stat().st_size, "opset": opset,
             "recurrent_ops": facts["ops"], "metrics": {},
             "parity": None,  # no PyTorch model to compare with: the behaviour checks stand in
-            "checks": {"chunked_vs_whole" if lm else "padded_vs_alone": diff},
+            "checks": {"chunked_vs_whole" if lm else "padded_vs_alone": diff,
+                       **({"stateless_vs_rewritten": made.parity} if made else {})},
             "int8": None,
             "exported_from": {**_source(path, "onnx", a), "renamed": renames or None,
+                              "made_stateful": made.summary() if made else None,
                               "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
         }
         finish(tmp, manifest, tok, _library_file(a.tokenizer), _measure(a.kind, a.check_text))
     return manifest
+
+
+def _stateful(model, a: ImportArgs, tok, path: Path):
+    """A graph without the contract's state inputs (a language model's h0, a classifier's lengths) whose
+    recurrent nodes start from zeros is rewritten into the contract (export/stateful.py) and proven equal to
+    itself: None when the graph has them already."""
+    from . import stateful as S
+    g = model.graph
+    init = {i.name for i in g.initializer}
+    inputs = {i.name for i in g.input if i.name not in init}
+    if ("h0" if a.kind == "lm" else "lengths") in inputs:
+        return None
+    if S.recurrent_nodes(g) and not S.is_stateless(model):
+        return None  # its states are graph inputs already, under other names: --rename says which
+    if not S.recurrent_nodes(g) and len(inputs) > 1:
+        return None  # a graph with inputs beside the tokens: the contract checks name them
+    try:
+        made = S.make_stateful(model, a.kind)
+        made.parity = S.parity(model, made, a.kind, tok.vocab_size, tok.pad_id)
+    except S.NotStateful as e:
+        raise ImportRefused(f"--onnx {path}: refused: {e}") from None
+    except Exception as e:  # onnxruntime's errors running the rewritten graph
+        raise ImportRefused(f"--onnx {path}: refused: the graph made stateful does not run "
+                            f"({str(e).splitlines()[0][:300]})") from None
+    if not made.parity <= S.PARITY:
+        raise ImportRefused(f"--onnx {path}: refused: made stateful, the graph's logits from a zero state differ from "
+                            f"the original's by {made.parity:.3g} (> {S.PARITY})")
+    return made
 
 
 def _order(graph, inputs: list[str], outputs: list[str]) -> None:

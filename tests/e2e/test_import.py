@@ -59,6 +59,78 @@ class BiClassifier(nn.Module):
         return self.head(torch.cat([h[-2], h[-1]], dim=1))
 
 
+class GRUNormLanguageModel(nn.Module):
+    """A 2-layer GRU with a LayerNorm and a two-layer head around it."""
+
+    def __init__(self, vocab_size, embed_dim=24, hidden_dim=48):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, embed_dim)
+        self.rnn = nn.GRU(embed_dim, hidden_dim, 2, batch_first=True)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = nn.Sequential(nn.Linear(hidden_dim, 64), nn.ReLU(), nn.Linear(64, vocab_size))
+
+    def forward(self, x, hidden=None):
+        out, hidden = self.rnn(self.emb(x), hidden)
+        return self.head(self.norm(out)), hidden
+
+
+class LSTMClassifier(nn.Module):
+    """The seed's classifier: a 2-layer bidirectional LSTM, the last layer's final states in both directions."""
+
+    def __init__(self, vocab_size, num_classes, embed_dim=16, hidden_dim=24):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers=2, bidirectional=True, batch_first=True)
+        self.fc = nn.Linear(2 * hidden_dim, num_classes)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(self.emb(x))
+        return self.fc(torch.cat([h[-2], h[-1]], dim=1))
+
+
+class Unrolled(nn.Module):
+    """A Python loop over an LSTMCell: traced, one copy of the cell per step; scripted, a Loop."""
+
+    def __init__(self, vocab_size, embed_dim=8, hidden_dim=16):
+        super().__init__()
+        self.emb, self.cell = nn.Embedding(vocab_size, embed_dim), nn.LSTMCell(embed_dim, hidden_dim)
+        self.fc = nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 16)
+        c = torch.zeros(x.shape[0], 16)
+        e, outs = self.emb(x), []
+        for t in range(x.shape[1]):
+            h, c = self.cell(e[:, t], (h, c))
+            outs.append(self.fc(h))
+        return torch.stack(outs, 1)
+
+
+class LearnedStart(LSTMLanguageModel):
+    """Starts from a learned state, not zeros: no carried state can stand in for it."""
+
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.h0 = nn.Parameter(torch.ones(1, 1, 48))
+
+    def forward(self, x, hidden=None):
+        start = self.h0.expand(1, x.shape[0], 48).contiguous()
+        out, _ = self.lstm(self.embedding(x), (start, torch.zeros_like(start)))
+        return self.fc(out)
+
+
+class TwoPaths(LSTMLanguageModel):
+    """Two LSTMs side by side over the same embedding: two states, not one."""
+
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.other = nn.LSTM(24, 48, batch_first=True)
+
+    def forward(self, x, hidden=None):
+        e = self.embedding(x)
+        return self.fc(self.lstm(e)[0] + self.other(e)[0])
+
+
 def train_lm(model, steps=60):
     torch.manual_seed(0)
     ids = torch.tensor([STOI[c] for c in TEXT])
@@ -243,16 +315,17 @@ def test_refusals_say_why_and_write_nothing(imported, tmp_path):
     refused(r"a training checkpoint .* torch\.save\(torch\.load\(.*\)\['model_state_dict'\], 'model\.pt'\)",
             state_dict=str(tmp_path / "ckpt.pt"))
     refused(r"bidirectional", state_dict=str(root / "clf.pt"), tokenizer=str(root / "clf-vocab.txt"))
-    # a graph without state inputs (the owner's export kept the state inside) and with fixed axes
-    stateless = tmp_path / "stateless.onnx"
-    torch.onnx.export(modules["lstm1"], (torch.zeros(1, 3, dtype=torch.long),), str(stateless), dynamo=False,
-                      input_names=["tokens"], output_names=["logits", "hn", "cn"])
-    with pytest.raises(ImportRefused) as e:
-        run_import(ImportArgs("lm", str(root / "vocab.json"), str(tmp_path / "out"), onnx=str(stateless)))
-    reasons = str(e.value)
-    assert "graph inputs ['tokens']: the lm contract is ['tokens', 'h0', 'c0']" in reasons
-    assert "tokens: the batch and time axis is fixed" in reasons  # every reason at once
-    assert not (tmp_path / "out").exists()
+    # graphs whose recurrence cannot be made stateful: each refused with the reason, naming the way out
+    for module, match in ((Unrolled(len(CHARS)), r"unrolled into matrix products.*nn\.LSTM/nn\.GRU"),
+                          (torch.jit.script(Unrolled(len(CHARS))), r"a Loop operator.*torch\.onnx\.export"),
+                          (LearnedStart(len(CHARS)), r"starting state h .* is not zeros"),
+                          (TwoPaths(len(CHARS)), r"more than one independent recurrent path")):
+        graph = tmp_path / "theirs.onnx"
+        torch.onnx.export(module, (torch.ones(1, 5, dtype=torch.long),), str(graph), dynamo=False)
+        refused(match, onnx=str(graph))
+        with pytest.raises(ImportRefused) as e:
+            run_import(ImportArgs("lm", str(root / "vocab.json"), str(tmp_path / "out"), onnx=str(graph)))
+        assert "--rename" not in str(e.value)  # no renaming adds a state
     cli = rnnserve("import", "lm", "--state-dict", tmp_path / "extra.pt", "--tokenizer", root / "vocab.json", "--out",
                    tmp_path / "out", check=False)
     assert cli.returncode == 2 and "proj.weight" in cli.stderr and "Traceback" not in cli.stderr
@@ -348,3 +421,71 @@ def test_vocabulary_files(tmp_path):
     (tmp_path / "twice.json").write_text(json.dumps({"a": 0, "b": 0}))
     with pytest.raises(ImportRefused, match="each once"):
         read_vocabulary(tmp_path / "twice.json")
+
+
+# ---------------------------------------------------------------- stateless graphs made stateful (export/stateful.py)
+# Exported as their owners would: `torch.onnx.export(model, (x,), path)` of the module called without a state, by the
+# legacy exporter and by the dynamo one (both keep nn.LSTM/nn.GRU as one operator), with the sizes of the example
+# input baked in unless dynamic axes were asked for.
+STATELESS = {  # name: (module key, exporter, example batch, dynamic axes)
+    "plain-lstm1": ("lstm1", "legacy", 2, False), "plain-lstm2-dynamo": ("lstm2", "dynamo", 2, False),
+    "plain-lstm2": ("lstm2", "legacy", 2, True), "plain-grunorm": ("grunorm", "legacy", 2, False),
+    "plain-grunorm-dynamo": ("grunorm", "dynamo", 2, False), "plain-batch1": ("lstm1", "legacy", 1, False),
+}
+STATELESS_CLF = {"plain-clf": "legacy", "plain-clf-dynamo": "dynamo"}
+
+
+@pytest.fixture(scope="module")
+def stateless(imported):
+    root, modules, _ = imported
+    torch.manual_seed(3)
+    modules = {**modules, "grunorm": train_lm(GRUNormLanguageModel(len(CHARS)))}
+    clf = train_classifier(LSTMClassifier(len(CLF_VOCAB), 2))
+    out = root / "stateless"
+    for name, (key, exporter, batch, dynamic) in STATELESS.items():
+        graph = root / f"{name}.onnx"
+        kw = dict(input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}}) if dynamic else {}
+        torch.onnx.export(modules[key], (torch.zeros(batch, 7, dtype=torch.long),), str(graph),
+                          dynamo=exporter == "dynamo", **kw)
+        run_import(ImportArgs("lm", str(root / "vocab.json"), str(out / name), onnx=str(graph)))
+    for name, exporter in STATELESS_CLF.items():
+        graph = root / f"{name}.onnx"
+        torch.onnx.export(clf, (torch.ones(2, 9, dtype=torch.long),), str(graph), dynamo=exporter == "dynamo")
+        run_import(ImportArgs("classifier", str(root / "clf-vocab.txt"), str(out / name), onnx=str(graph),
+                              labels="hard,soft"))
+    s = Server(out)
+    yield s, modules, clf, out
+    s.stop()
+
+
+@pytest.mark.parametrize("name", list(STATELESS))
+def test_a_stateless_graph_made_stateful_generates_as_the_module(stateless, name):
+    s, modules, _, out = stateless
+    module = modules[STATELESS[name][0]]
+    m = json.loads((out / name / "model.json").read_text())
+    assert m["inputs"][:2] == ["tokens", "h0"] and m["outputs"][:2] == ["logits", "hn"]
+    assert m["checks"]["stateless_vs_rewritten"] <= 1e-5 and m["checks"]["chunked_vs_whole"] <= 1e-4
+    assert m["exported_from"]["made_stateful"]["layers"] == module.__dict__["_modules"].get(
+        "lstm", getattr(module, "rnn", None)).num_layers
+    prompt = "The cat sat"
+    r = httpx.post(s.url + "/generate", json={"model": name, "prompt": prompt, "max_tokens": 100, "temperature": 0,
+                                              "stream": False}, timeout=60).json()
+    assert r["text"] == greedy(module, prompt, 100)  # a text longer than the export's 7 tokens, from a carried state
+    sid = httpx.post(s.url + "/sessions", json={"model": name}).json()["session_id"]
+    turns = [httpx.post(s.url + "/generate", json={"model": name, "prompt": p, "max_tokens": 20, "temperature": 0,
+                                                   "stream": False, "session_id": sid}, timeout=60).json()["text"]
+             for p in (prompt, "", "")]
+    assert "".join(turns) == greedy(module, prompt, 60)  # three turns of a session = one long call
+
+
+@pytest.mark.parametrize("name", list(STATELESS_CLF))
+def test_a_stateless_classifier_made_stateful_classifies_as_the_module(stateless, name):
+    s, _, clf, out = stateless
+    m = json.loads((out / name / "model.json").read_text())
+    assert m["inputs"] == ["tokens", "lengths"] and m["checks"]["padded_vs_alone"] <= 1e-5
+    assert m["exported_from"]["made_stateful"]["bidirectional"] is True
+    texts = ["aeiou aei", "bcdfg krst", "a", "kkk rrr ttt", "oooo uuuu aa", "sss ddd", "ea kt"]
+    got = httpx.post(s.url + "/classify", json={"texts": texts, "model": name}).json()["results"]
+    with torch.no_grad():
+        want = [["hard", "soft"][int(clf(torch.tensor([clf_ids(t)])).argmax())] for t in texts]
+    assert [g["label"] for g in got] == want

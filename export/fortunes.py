@@ -36,7 +36,8 @@ _SLOVAK_ONLY = set("äôĺľŕÄÔĹĽŔ")
 _CZECH_ONLY = set("ěřůĚŘŮ")
 
 
-def language_files(root: Path = ROOT) -> dict[str, list[Path]]:
+def language_files(root: Path = ROOT, langs: list[str] = LANGS) -> dict[str, list[Path]]:
+    """The fortune files of each language in `langs` (every one: DataError naming those not installed)."""
     if not root.is_dir():
         raise DataError(f"{root}: not found; install the fortune packages: apt-get install fortunes fortunes-de "
                         "fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs")
@@ -48,7 +49,7 @@ def language_files(root: Path = ROOT) -> dict[str, list[Path]]:
     files = {"en": [p for p in plain(root) if p.name != "brasil"], "pt": [root / "brasil"]}
     for lang in ("de", "es", "it", "ru", "pl", "cs"):
         files[lang] = plain(root / lang) if (root / lang).is_dir() else []
-    missing = [l for l in LANGS if not files[l] or not all(p.exists() for p in files[l])]
+    missing = [l for l in langs if not files[l] or not all(p.exists() for p in files[l])]
     if missing:
         raise DataError(f"{root}: no fortune files for {', '.join(missing)}")
     return files

@@ -71,13 +71,15 @@ class LanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: list[int], max_tokens: int, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, state=None,
-                 return_state: bool = False):
+                 return_state: bool = False, guard=None, pad_id: int | None = None):
         """Sample `max_tokens` ids after `prompt`, carrying the state step by step.
 
         The prompt is run through once; each new token is then fed alone with the
         carried state, so the prefix is never recomputed. The returned state has
         consumed everything but the last generated token: `generate([last], ...,
-        state=state)` continues the text exactly."""
+        state=state)` continues the text exactly. `pad_id` is never sampled; with `guard` (a byte-level
+        vocabulary's service.tokenizer.Utf8Guard) only tokens that keep the bytes valid UTF-8 are, as the
+        server samples."""
         if not prompt:
             raise ValueError("generate needs at least one prompt token to condition on")
         was_training = self.training
@@ -86,8 +88,16 @@ class LanguageModel(nn.Module):
         logits, state = self(torch.tensor([prompt]), state)
         last = logits[0, -1]
         out: list[int] = []
+        pending = guard.pending_of(prompt) if guard is not None else b""
         for k in range(max_tokens):
+            if pad_id is not None:
+                last = last.clone()
+                last[pad_id] = float("-inf")
+            if guard is not None:
+                last = last.masked_fill(~torch.from_numpy(guard.allowed(pending)), float("-inf"))
             tok = sample_next(last, temperature, top_k, top_p, gen)
+            if guard is not None:
+                pending = guard.after(pending, tok)
             out.append(tok)
             if k + 1 < max_tokens:  # the last token is left unfed: the caller feeds it to continue
                 logits, state = self(torch.tensor([[tok]]), state)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import batches as B
 from . import data as D
 from service.evaluate import classification_report  # torch-free; eval reports the same figures
 
@@ -57,9 +58,12 @@ class LMArgs:
     threads: int | None = None
     val_fraction: float = 0.05
     val_split: str = "auto"  # tail | shuffle | auto (tail for a continuous text, shuffle for fortune entries)
-    eval_every: int = 0  # steps; 0 = once per epoch (and at the end)
+    eval_every: int = 0  # steps; 0 = EVAL_POINTS validations spread over the run (and one at the end)
     clip: float = 1.0
     format: str = "auto"
+    order: str = "windows"  # windows | contiguous (export/batches.py)
+    window: int = 4  # windows order: seq_len chunks read in a row with the state carried
+    plot: str | None = None  # draw the validation curve to this PNG at the end
     tokenizer: str = "char"  # char | bpe | word
     vocab_size: int | None = None  # bpe/word: the vocabulary's size (default service.tokenizer.DEFAULT_VOCAB)
     min_count: int | None = None  # fewest occurrences a character, merge or word needs to enter it
@@ -229,33 +233,81 @@ def estimate_passes(budget_s: float, tokens_seen: int, elapsed_s: float, text_to
     return budget_s * tokens_seen / max(elapsed_s, 1e-9) / text_tokens
 
 
-def train_lm(a: LMArgs) -> dict:
+EVAL_POINTS = 12  # validations over a run (besides the last): enough to see the curve, ~5% of a 120 s run
+RISE_WARNING = 0.10  # bits/char above the best so far, after the first 20% of a run: said, and kept in metrics
+TOKENIZER_CHARS = 20_000_000  # a bpe/word vocabulary is learnt from at most this much of the training text
+VAL_CHARS = 250_000  # characters of the held-out part a run validates on (all of it for texts up to 5 MB)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: the best checkpoint and the resume state are saved; `--resume` continues."""
+
+
+def train_lm(a: LMArgs, resume: bool = False) -> dict:
+    """Train (or, with `resume`, continue the run in `a.out` from its last saved step: same batches, same
+    optimizer state, the rest of the budget)."""
     set_seed(a.seed, a.threads)
     out = Path(a.out)
     docs = D.read_documents(a.data, a.format)
     val_split = D.val_split_kind(docs, a.val_split)
     train_text, val_text = D.lm_corpus(docs, a.val_fraction, a.seed, val_split)
-    tok = T.build(a.tokenizer, [train_text], a.vocab_size, a.min_count)  # from the training text only
-    train_ids = tok.encode(train_text)
+    del docs
+    t_tok = time.monotonic()
+    if resume:
+        tok = T.load(out / "tokenizer.json")
+    else:
+        tok = T.build(a.tokenizer, [train_text[:TOKENIZER_CHARS]], a.vocab_size, a.min_count)  # training text only
+    out.mkdir(parents=True, exist_ok=True)
+    big = len(train_text) > B.BIG_CHARS
+    train_ids = B.encode_ids(tok, train_text, out / "train_ids.int32" if big else None)
+    if len(val_text) > VAL_CHARS:  # a big text's validation stays a fixed cost: the start of its held-out part
+        val_text = val_text[:val_text.rfind("\n", 0, VAL_CHARS) + 1 or VAL_CHARS]
     val_ids, val_chars = tok.encode_counted(val_text)
-    rows = batchify(train_ids, a.batch_size)
-    chunks_per_epoch = max(1, (rows.shape[1] - 1) // a.seq_len)
-    total = a.steps or (round(a.epochs * chunks_per_epoch) if a.epochs else None)
+    tokenize_s = time.monotonic() - t_tok
+    n_train_chars = len(train_text)
+    del train_text
+    try:
+        order = B.make_order(a.order, train_ids, a.batch_size, a.seq_len, a.seed, a.window)
+    except ValueError as e:
+        raise D.DataError(str(e)) from None
+    per_pass = order.steps_per_pass
+    total = a.steps or (round(a.epochs * per_pass) if a.epochs else None)
     if total is None and a.time_budget is None:
-        total = 10 * chunks_per_epoch  # default: ten passes over the text
+        total = 10 * per_pass  # default: ten passes over the text
     # auto dropout: known now when the run is counted in steps; with a time budget it is set after
     # PROBE_STEPS steps, from the measured speed (the run starts without, as a short one stays)
     auto = a.dropout is None
-    dropout = (auto_dropout(total / chunks_per_epoch) if total and not a.time_budget else 0.0) if auto else a.dropout
+    dropout = (auto_dropout(total / per_pass) if total and not a.time_budget else 0.0) if auto else a.dropout
     embed = a.embed or EMBED_BY_TOKENIZER[a.tokenizer]
     model = LanguageModel(tok.vocab_size, a.cell, a.layers, a.hidden, embed, dropout)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    sched = Schedule(opt, a.lr, total, a.time_budget)
-    eval_every = a.eval_every or chunks_per_epoch
-    history, best, step, seen, t0 = [], None, 0, 0, time.monotonic()
+    history, best, step, seen, elapsed0 = [], None, 0, 0, 0.0
     train_cfg = {**asdict(a), "embed": embed, "dropout": dropout, "dropout_auto": auto, "vocab_size": tok.vocab_size,
-                 "val_split": val_split, "train_chars": len(train_text), "val_chars": len(val_text),
-                 "train_tokens": len(train_ids), "chars_per_token": round(len(train_text) / len(train_ids), 3)}
+                 "val_split": val_split, "train_chars": n_train_chars, "val_chars": len(val_text),
+                 "train_tokens": int(len(train_ids)), "chars_per_token": round(n_train_chars / max(1, len(train_ids)), 3),
+                 "tokenize_seconds": round(tokenize_s, 2)}
+    warnings: list[str] = []
+    state = None  # the recurrent state carried into the next step
+    if resume:
+        saved = torch.load(out / "resume.pt", map_location="cpu", weights_only=False)
+        model.set_dropout(saved["dropout"])
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        history, best, step, seen, elapsed0 = (saved["history"], saved["best"], saved["step"], saved["seen"],
+                                               saved["elapsed"])
+        warnings, train_cfg = saved.get("warnings", []), saved["train_cfg"]
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved.get("carried")
+        random.setstate(saved["py_rng"])
+    t0 = time.monotonic() - elapsed0  # the run's start, a resumed run's earlier time counted in
+    sched = Schedule(opt, a.lr, total, a.time_budget, clock=lambda: time.monotonic() - t0)
+    sched.t0 = 0.0
+    if a.eval_every:
+        due = lambda st, el: st % a.eval_every == 0  # noqa: E731
+    else:  # EVAL_POINTS validations spread over the run, by time with a budget, else by steps
+        def due(st, el):
+            frac = max(el / a.time_budget if a.time_budget else 0.0, st / total if total else 0.0)
+            return int(frac * EVAL_POINTS) > len(history)
 
     def validate():
         nonlocal best
@@ -265,59 +317,106 @@ def train_lm(a: LMArgs) -> dict:
         if best is None or m["val_bpc"] < best["val_bpc"]:
             best = m
             save_run(out, model, tok, train_cfg)
+        elif sched.progress(step) > 0.2 and m["val_bpc"] > best["val_bpc"] + RISE_WARNING:
+            warnings.append(f"step {step}: validation {m['val_bpc']:.3f} bits/char, {m['val_bpc'] - best['val_bpc']:.2f} "
+                            f"above the best so far ({best['val_bpc']:.3f} at step {best['step']}): the learning rate "
+                            f"may be too high for this text (try --lr {a.lr / 2:g})")
+            if not a.quiet:
+                print("warning: " + warnings[-1], file=sys.stderr)
         model.train()
+        save_resume()
         return m
 
-    save_val_sample(out, [val_text[i * 200:(i + 1) * 200] for i in range(8) if len(val_text) >= (i + 1) * 200]
-                    or [val_text])
+    def save_resume():
+        tmp = out / "resume.pt.tmp"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seen": seen,
+                    "carried": state,  # the recurrent state the next step starts from (inside a window)
+                    "elapsed": time.monotonic() - t0, "history": history, "best": best, "warnings": warnings,
+                    "train_cfg": train_cfg, "dropout": model.config["dropout"], "torch_rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(), "args": asdict(a)}, tmp)
+        os.replace(tmp, out / "resume.pt")
+
+    if not resume:
+        save_val_sample(out, [val_text[i * 200:(i + 1) * 200] for i in range(8) if len(val_text) >= (i + 1) * 200]
+                        or [val_text])
+        write_json(out / "args.json", asdict(a))
     model.train()
     bar = progress(total, f"train lm ({a.cell}, {a.tokenizer})", a.quiet)
-    state, epoch_offset = None, 0
-    while not sched.done(step):
-        pos = (step % chunks_per_epoch) * a.seq_len
-        if pos == 0:
-            # New pass: shift the chunk grid a little so boundaries differ between epochs.
-            epoch_offset = random.randrange(0, max(1, min(a.seq_len, rows.shape[1] - a.seq_len * chunks_per_epoch)))
-            state = None
-        x = rows[:, epoch_offset + pos: epoch_offset + pos + a.seq_len]
-        y = rows[:, epoch_offset + pos + 1: epoch_offset + pos + 1 + a.seq_len]
-        x = x[:, : y.shape[1]]
-        if state is not None:
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        lr = sched.update(step)
-        logits, state = model(x, state)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # Clipping the gradient norm stops the rare exploding step of an RNN from wrecking the weights.
-        nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        opt.step()
-        step += 1
-        seen += y.numel()
-        if auto and a.time_budget and step == PROBE_STEPS:
-            passes = estimate_passes(a.time_budget, seen, time.monotonic() - t0, rows.numel())
-            model.set_dropout(auto_dropout(passes))
-            train_cfg.update(dropout=model.config["dropout"], expected_passes=round(passes, 1))
-            if not a.quiet:
-                bar.write(f"about {passes:.0f} passes over the text in the budget: dropout {model.config['dropout']}")
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", tok_s=f"{seen / (time.monotonic() - t0):.0f}")
-        if step % eval_every == 0:
-            m = validate()
-            if not a.quiet:
-                bar.write(f"step {step}: val bits/char {m['val_bpc']:.3f}, per-token perplexity {m['val_ppl']:.2f}")
+    bar.update(step)
+    try:
+        while not sched.done(step):
+            x, y, fresh = order.batch(step)
+            if fresh:
+                state = None
+            elif state is not None:
+                state = tuple(t.detach() for t in state) if isinstance(state, tuple) else state.detach()
+            lr = sched.update(step)
+            logits, state = model(x, state)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # Clipping the gradient norm stops the rare exploding step of an RNN from wrecking the weights.
+            nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+            opt.step()
+            step += 1
+            seen += y.numel()
+            if auto and a.time_budget and step == PROBE_STEPS and "expected_passes" not in train_cfg:
+                passes = estimate_passes(a.time_budget, seen, time.monotonic() - t0, len(train_ids))
+                model.set_dropout(auto_dropout(passes))
+                train_cfg.update(dropout=model.config["dropout"], expected_passes=round(passes, 1))
+                if not a.quiet:
+                    bar.write(f"about {passes:.0f} passes over the text in the budget: dropout {model.config['dropout']}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", tok_s=f"{seen / (time.monotonic() - t0):.0f}")
+            if due(step, time.monotonic() - t0) and not sched.done(step):
+                m = validate()
+                if not a.quiet:
+                    bar.write(f"step {step}: val bits/char {m['val_bpc']:.3f}, per-token perplexity {m['val_ppl']:.2f}")
+    except KeyboardInterrupt:
+        bar.close()
+        save_resume()
+        if best is None:  # nothing validated yet: the weights as they are
+            validate()
+        raise Interrupted(f"interrupted at step {step}: the best checkpoint so far (val bits/char "
+                          f"{best['val_bpc']:.3f}, step {best['step']}) is in {out}; continue with "
+                          f"`rnnserve train lm --resume {out}`") from None
     bar.close()
     if not history or history[-1]["step"] != step:
         validate()
     seconds = time.monotonic() - t0
     metrics = {"kind": "lm", "val_bpc": best["val_bpc"], "val_loss": best["val_loss"], "val_ppl": best["val_ppl"],
-               "tokenizer": tok.type, "vocab_size": tok.vocab_size, "val_split": val_split,
+               "tokenizer": tok.type, "vocab_size": tok.vocab_size, "val_split": val_split, "order": a.order,
                "chars_per_token": train_cfg["chars_per_token"], "val_chars": best["val_chars"],
                "best_step": best["step"], "train_tokens": seen, "steps": step, "seconds": round(seconds, 2),
                "tokens_per_s": round(seen / seconds, 1), "dropout": model.config["dropout"],
-               "expected_passes": train_cfg.get("expected_passes"), "history": history}
+               "expected_passes": train_cfg.get("expected_passes"), "passes": round(step / per_pass, 2),
+               "tokenize_seconds": train_cfg["tokenize_seconds"], "warnings": warnings, "history": history}
     write_json(out / "metrics.json", metrics)
+    if a.plot:
+        plot_curve(history, a.plot, f"{a.cell} {a.tokenizer}, {Path(a.data[0]).name}")
     return metrics
+
+
+def plot_curve(history: list[dict], path: str, title: str) -> None:
+    """The validation curve: bits/char against seconds, the best point marked."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise D.DataError("--plot needs matplotlib (pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs, ys = [h["seconds"] for h in history], [h["val_bpc"] for h in history]
+    ax.plot(xs, ys, marker="o")
+    b = min(range(len(ys)), key=ys.__getitem__)
+    ax.plot([xs[b]], [ys[b]], marker="*", markersize=14, label=f"best {ys[b]:.3f}")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("validation bits/char")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- classifier

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 EXAMPLES = """\
 examples:
@@ -34,7 +35,8 @@ class UserError(Exception):
 
 
 def add_train_common(p: argparse.ArgumentParser, lm: bool) -> None:
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for checkpoint.pt, tokenizer.json, metrics.json")
+    p.add_argument("--out", required=not lm, metavar="RUN_DIR",
+                   help="folder for checkpoint.pt, tokenizer.json, metrics.json" + (" (required unless --resume)" if lm else ""))
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--layers", type=int, default=1 if lm else 2, help="recurrent layers (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=448 if lm else 128, help="hidden units per layer (default: %(default)s)")
@@ -99,7 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "entry and 5%% of the entries are held out at random. Validation reports "
                                     "bits per character of the held-out text, whatever the tokenizer, and "
                                     "per-token perplexity.")
-    lm.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text file(s)")
+    lm.add_argument("--data", nargs="+", metavar="FILE", help="UTF-8 text file(s) (required unless --resume)")
+    lm.add_argument("--resume", metavar="RUN_DIR",
+                    help="continue an interrupted run (Ctrl-C, a crash) from its last saved step: the same settings, "
+                         "batches and optimizer state, the rest of its budget")
+    lm.add_argument("--order", choices=["windows", "contiguous"], default="windows",
+                    help="how batches read the text: windows at random places, the state carried inside each "
+                         "(default), or contiguous rows in lockstep (docs/models.md)")
+    lm.add_argument("--window", type=int, default=4, metavar="CHUNKS",
+                    help="--order windows: --seq-len chunks read in a row with the state carried (default: 4)")
+    lm.add_argument("--plot", metavar="FILE.png", help="draw the validation curve (needs matplotlib)")
     lm.add_argument("--format", choices=["auto", "text", "fortune"], default="auto",
                     help="how to split the files into documents (default: auto-detect fortune files)")
     lm.add_argument("--seq-len", type=int, default=64, help="tokens per backprop-through-time chunk (default: 64)")
@@ -180,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         ip = ims.add_parser(what, help=text, description=f"Import {text}.")
         src = ip.add_mutually_exclusive_group(required=True)
         src.add_argument("--state-dict", metavar="FILE.pt", help="a torch.save(model.state_dict()) file")
-        src.add_argument("--onnx", metavar="FILE.onnx", help="an ONNX graph exported elsewhere")
+        src.add_argument("--onnx", metavar="FILE.onnx", help="an ONNX graph exported elsewhere: with its state as "
+                         "inputs and outputs, or stateless (LSTM/GRU/RNN nodes from zeros, a plain torch.onnx.export), "
+                         "which is rewritten to carry its state and proven equal")
         ip.add_argument("--tokenizer", required=True, metavar="TOK",
                         help="the vocabulary: a `tokenizers` tokenizer.json, a JSON {token: id} map, or a text file "
                              "with one token a line (id = line number). All single characters (besides <pad>, "
@@ -259,13 +272,33 @@ def _lm_args(a):
                   dropout=a.dropout, seq_len=a.seq_len, batch_size=a.batch_size, lr=a.lr, steps=a.steps,
                   epochs=a.epochs, time_budget=a.time_budget, seed=a.seed, threads=a.threads,
                   eval_every=a.eval_every, format=a.format, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
-                  min_count=a.min_count, val_split=a.val_split or "auto", quiet=a.quiet)
+                  min_count=a.min_count, val_split=a.val_split or "auto", quiet=a.quiet, order=a.order,
+                  window=a.window, plot=a.plot)
 
 
 def cmd_train(a) -> None:
     from export import train as T
     if a.what == "lm":
-        m = T.train_lm(_lm_args(a))
+        if a.resume:
+            args_file = Path(a.resume) / "args.json"
+            if not (Path(a.resume) / "resume.pt").exists() or not args_file.exists():
+                raise UserError(f"--resume {a.resume}: not a run folder with a saved state (resume.pt, args.json)")
+            if a.data or a.out:
+                raise UserError("--resume takes the run's own settings: give no --data or --out with it")
+            args = T.LMArgs(**{**json.loads(args_file.read_text()), "quiet": a.quiet})
+            resume = True
+        elif not (a.data and a.out):
+            raise UserError("train lm: give --data FILE... and --out RUN_DIR (or --resume RUN_DIR)")
+        else:
+            args, resume = _lm_args(a), False
+        try:
+            m = T.train_lm(args, resume=resume)
+        except T.Interrupted as e:
+            print(str(e), file=sys.stderr)
+            raise SystemExit(130) from None
+        for w in m["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        a.out = args.out
         print(f"best val bits/char {m['val_bpc']:.3f} on the held-out {m['val_split']} ({m['val_chars']:,} chars; "
               f"per-token perplexity {m['val_ppl']:.2f}, {m['tokenizer']} vocabulary of {m['vocab_size']:,}, "
               f"{m['chars_per_token']:.2f} chars/token) at step {m['best_step']}; {m['train_tokens']:,} training "
@@ -291,7 +324,14 @@ def cmd_sample(a) -> None:
     ids = tok.encode(a.prompt or "\n")  # a fresh text starts after a newline, a document boundary
     if not ids:
         raise UserError("--prompt: this vocabulary has no newline to start a text from (word level); give a prompt")
-    out = model.generate(ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed)
+    guard = tok.utf8_guard()
+    out = model.generate(ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed, guard=guard,
+                         pad_id=tok.pad_id)  # byte-level output kept valid UTF-8, as the server keeps it
+    if guard is not None:  # a character still unfinished at --max-tokens is left out, as a stream leaves it
+        from service.tokenizer import utf8_tail
+        data = b"".join(tok.token_bytes(i) for i in out)
+        print(a.prompt + data[:len(data) - len(utf8_tail(data))].decode("utf-8"))
+        return
     print(a.prompt + tok.decode(out))
 
 

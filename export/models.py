@@ -78,7 +78,7 @@ class LanguageModel(nn.Module):
         carried state, so the prefix is never recomputed. The returned state has
         consumed everything but the last generated token: `generate([last], ...,
         state=state)` continues the text exactly. `pad_id` is never sampled; with `guard` (a byte-level
-        vocabulary's service.tokenizer.Utf8Guard) only tokens that keep the bytes valid UTF-8 are, as the
+        vocabulary's service.utf8.Utf8Guard) only tokens that keep the bytes valid UTF-8 are, as the
         server samples."""
         if not prompt:
             raise ValueError("generate needs at least one prompt token to condition on")

@@ -328,7 +328,7 @@ def cmd_sample(a) -> None:
     out = model.generate(ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed, guard=guard,
                          pad_id=tok.pad_id)  # byte-level output kept valid UTF-8, as the server keeps it
     if guard is not None:  # a character still unfinished at --max-tokens is left out, as a stream leaves it
-        from service.tokenizer import utf8_tail
+        from service.utf8 import utf8_tail
         data = b"".join(tok.token_bytes(i) for i in out)
         print(a.prompt + data[:len(data) - len(utf8_tail(data))].decode("utf-8"))
         return

@@ -31,7 +31,8 @@ from .errors import RequestError, conversation_errors
 from .requests import Done, Text
 from .sampler import SamplingParams
 from .runtime import model_replaced, session_error
-from .schemas import ChatMessage, JsonSchemaFormat, NoTools, SamplingFields, joined_text, parse_body
+from .schemas import ChatMessage, NoTools, SamplingFields, joined_text, parse_body
+from .structured import JsonSchemaFormat
 from .sessions import SessionError, SessionNotFound, SessionState
 
 

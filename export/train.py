@@ -117,10 +117,11 @@ class Schedule:
     time budget), so progress is measured against all of them."""
 
     def __init__(self, opt, lr: float, total_steps: int | None, budget: float | None, warmup: int = 50,
-                 clock=time.monotonic):
+                 clock=time.monotonic, elapsed: float = 0.0):
+        """`elapsed`: seconds of the run already spent (a resumed run's)."""
         self.opt, self.lr, self.total, self.budget, self.warmup = opt, lr, total_steps, budget, warmup
         self.clock = clock
-        self.t0 = clock()
+        self.t0 = clock() - elapsed
 
     def progress(self, step: int) -> float:
         p = 0.0
@@ -299,9 +300,8 @@ def train_lm(a: LMArgs, resume: bool = False) -> dict:
         torch.set_rng_state(saved["torch_rng"])
         state = saved.get("carried")
         random.setstate(saved["py_rng"])
-    t0 = time.monotonic() - elapsed0  # the run's start, a resumed run's earlier time counted in
-    sched = Schedule(opt, a.lr, total, a.time_budget, clock=lambda: time.monotonic() - t0)
-    sched.t0 = 0.0
+    sched = Schedule(opt, a.lr, total, a.time_budget, elapsed=elapsed0)
+    t0 = sched.t0  # the run's start, a resumed run's earlier time counted in
     if a.eval_every:
         due = lambda st, el: st % a.eval_every == 0  # noqa: E731
     else:  # EVAL_POINTS validations spread over the run, by time with a budget, else by steps

@@ -107,9 +107,11 @@ class Vocabulary:
         proto = llg.LLMatcher(self.lltok, source, log_level=0)  # compiles (the GIL let go meanwhile)
         if proto.is_error():
             raise ConstraintError(proto.get_error())
-        if proto.is_stopped() or (proto.is_accepting() and not MaskBatch(self.vocab).allowed([proto.deep_copy()]).any()):
+        if proto.is_stopped():
             raise ConstraintError("it allows only the empty text")
-        if not MaskBatch(self.vocab).allowed([proto.deep_copy()]).any():
+        if not MaskBatch(self.vocab).allowed([proto.deep_copy()]).any():  # no token can begin it
+            if proto.is_accepting():
+                raise ConstraintError("it allows only the empty text")
             raise ConstraintError("no token of this model's vocabulary can begin it (it needs a character the "
                                   "vocabulary does not have)")
         with self._lock:

@@ -60,10 +60,6 @@ class RowControls:
         self.matcher = c.grammar.matcher() if c.grammar is not None else None
 
 
-def _col(values) -> np.ndarray:
-    return np.array(values, dtype=np.float32)[:, None]
-
-
 class BatchControls:
     """The controls of the running batch, laid out per control over the rows that use it; rebuilt when the
     batch changes (a row joins or leaves), applied and advanced every step.

@@ -33,7 +33,7 @@ from .sampler import SamplingParams
 from .runtime import model_replaced, session_error
 from .schemas import ChatMessage, NoTools, SamplingFields, joined_text, parse_body
 from .structured import JsonSchemaFormat
-from .sessions import SessionError, SessionNotFound, SessionState
+from .sessions import OtherModel, SessionError, SessionNotFound, SessionState
 
 
 class TextFormat(JsonSchemaFormat):
@@ -215,9 +215,11 @@ class Responses:
                 claim = await self.rt._store(store.claim, sid, name)
             except SessionNotFound:
                 break
+            except OtherModel:
+                if model is None:
+                    continue  # another served model's: look there
+                raise
             except SessionError as e:
-                if "belongs to model" in e.message and model is None:
-                    continue
                 err = session_error(e)
                 err.field = field
                 err.message = err.message.replace("session_id", field)

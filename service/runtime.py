@@ -336,12 +336,10 @@ class Runtime:
         limit = self.config.stream_buffer_events
         for req, ev in events:
             claim = self.claims.pop(req, None) if type(ev) is not Text else None
-            if claim is not None and type(ev) is Done and ev.state is not None:
+            if claim is not None:
                 note = self.notes.pop(req, None)
-                if note is not None:
+                if note is not None and type(ev) is Done and ev.state is not None:
                     ev.state.note = note(ev)
-            elif claim is not None:
-                self.notes.pop(req, None)
             if claim is None:
                 reply = req.reply
                 reply.put(ev)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from .config import MAX_CHOICE_STRINGS, MAX_SCHEMA_BYTES
 from .constraints import Spec
@@ -42,16 +42,13 @@ class StructuredOutputs(BaseModel):
     grammar: Optional[str] = None
 
 
-def _schema_text_size(v) -> int:
-    return len(v.encode()) if isinstance(v, str) else len(json.dumps(v).encode())
-
-
 class ConstraintFields(BaseModel):
     """Structured outputs: OpenAI's `response_format` and vLLM's names (`guided_json`, `guided_regex`,
     `guided_choice`, `guided_grammar`, or `structured_outputs`); at most one. Compiled by llguidance
     (constraints.py): a constraint that does not compile is a 422 with the library's reason."""
 
     response_format: Optional[ResponseFormat] = None
+    _spec: Optional[Spec] = PrivateAttr(None)
     guided_json: Optional[Union[dict[str, Any], str]] = Field(None, description="a JSON schema (vLLM)")
     guided_regex: Optional[str] = Field(None, description="a regular expression the text matches (vLLM)")
     guided_choice: Optional[list[str]] = Field(None, description="the text is one of these strings (vLLM)")
@@ -69,15 +66,20 @@ class ConstraintFields(BaseModel):
             given.insert(0, "response_format")
         if len(given) > 1:
             raise ValueError(f"{given[1]}: give one constraint, not {' and '.join(given)}")
-        spec = self.constraint_spec()
+        spec = self._build_spec()
         if spec is not None:
             if spec.kind == "choice" and not (1 <= len(spec.value) <= MAX_CHOICE_STRINGS and all(spec.value)):
                 raise ValueError(f"{spec.field.split('.')[0]}: 1 to {MAX_CHOICE_STRINGS} non-empty strings")
-            if spec.kind != "json_object" and _schema_text_size(spec.value) > MAX_SCHEMA_BYTES:
+            if len(spec.key.encode()) > MAX_SCHEMA_BYTES:  # the key is the constraint as JSON text
                 raise ValueError(f"{spec.field.split('.')[0]}: larger than {MAX_SCHEMA_BYTES} bytes as JSON")
+        self._spec = spec
         return self
 
     def constraint_spec(self) -> Spec | None:
+        """What the request asked for, built once by the validator (None: no constraint)."""
+        return self._spec
+
+    def _build_spec(self) -> Spec | None:
         rf = self.response_format
         if rf is not None and rf.type == "json_object":
             return Spec("json_object", None, "response_format")

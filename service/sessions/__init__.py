@@ -66,6 +66,10 @@ class SessionNotFound(SessionError):
     status = 404
 
 
+class OtherModel(SessionError):
+    """The session belongs to another model than the one asked for."""
+
+
 class SessionBusy(SessionError):
     """Another request holds the session (409), or (on create) the store is full of busy sessions."""
     status = 409

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import Claim, SessionBusy, SessionError, SessionNotFound, SessionState, SessionStore
+from . import Claim, OtherModel, SessionBusy, SessionNotFound, SessionState, SessionStore
 
 
 @dataclass
@@ -86,7 +86,7 @@ class MemoryStore(SessionStore):
             now = time.time()
             e = self._get(sid, now)
             if e.model != model:
-                raise SessionError(f"session_id {sid!r} belongs to model {e.model!r}, not {model!r}")
+                raise OtherModel(f"session_id {sid!r} belongs to model {e.model!r}, not {model!r}")
             if e.busy(now):
                 raise SessionBusy(f"session_id {sid!r} is in use by another request",
                                   retry_after=e.claim_until - now)

@@ -23,7 +23,8 @@ from urllib.parse import urlparse
 
 import redis
 
-from . import Claim, SessionBusy, SessionError, SessionNotFound, SessionState, SessionStore, StoreUnavailable
+from . import (Claim, OtherModel, SessionBusy, SessionError, SessionNotFound, SessionState, SessionStore,
+               StoreUnavailable)
 from .codec import CorruptState, decode, encode, encode_fresh
 
 log = logging.getLogger("rnnserve")
@@ -131,7 +132,7 @@ class RedisStore(SessionStore):
             raise SessionError(f"session_id {sid!r} holds a state this server cannot read ({e})") from None
         if header["model"] != model:
             self.release(Claim(sid, model, token, header["version"], None))
-            raise SessionError(f"session_id {sid!r} belongs to model {header['model']!r}, not {model!r}")
+            raise OtherModel(f"session_id {sid!r} belongs to model {header['model']!r}, not {model!r}")
         return Claim(sid, model, token, int(header["version"]), state)
 
     def commit(self, claim: Claim, state: SessionState) -> bool:

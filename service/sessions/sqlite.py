@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import Claim, SessionBusy, SessionError, SessionNotFound, SessionState, SessionStore, StoreUnavailable
+from . import (Claim, OtherModel, SessionBusy, SessionError, SessionNotFound, SessionState, SessionStore,
+               StoreUnavailable)
 from .codec import CorruptState, decode, encode
 
 log = logging.getLogger("rnnserve")
@@ -179,7 +180,7 @@ class SQLiteStore(SessionStore):
             now = time.time()
             row_model, blob, version, claim_until = self._row(db, sid, now)
             if row_model != model:
-                raise SessionError(f"session_id {sid!r} belongs to model {row_model!r}, not {model!r}")
+                raise OtherModel(f"session_id {sid!r} belongs to model {row_model!r}, not {model!r}")
             if claim_until > now:
                 raise SessionBusy(f"session_id {sid!r} is in use by another request", retry_after=claim_until - now)
             token = secrets.token_hex(8)

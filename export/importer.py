@@ -28,7 +28,7 @@ import numpy as np
 from service import tokenizer as T
 from service.artifact import io_names, sha256_file
 
-from .onnx_export import PARITY_LIMIT, ExportError, chat_format, finish, staged, write_artifact
+from .onnx_export import PARITY_LIMIT, ExportError, chat_format, finish, int8_model, staged, write_artifact
 
 DEFAULT_MAX_LEN = 400  # what `rnnserve train classifier` reads of a text (characters; tokens for other vocabularies)
 _RNN_KEY = re.compile(r"^(?P<module>(?:.+\.)?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh)_l(?P<layer>\d+)"
@@ -270,6 +270,7 @@ class ImportArgs:
     force: bool = False
     chat_template: str | None = None
     chat_stop: list[str] | None = None
+    quantize: str | None = None  # int8: also model.int8.onnx, its cost measured on --check-text
 
 
 def read_labels(value: str | None, classes: int | None) -> list[str] | None:
@@ -359,12 +360,24 @@ def _import_state_dict(a: ImportArgs, tok) -> dict:
         from service.labelled import read_labelled, read_text
         texts = ([t for _, t in read_labelled(a.check_text).rows[:16]] if not lm else
                  [read_text(a.check_text)[i * 200:(i + 1) * 200] for i in range(8)])
-    return write_artifact(model, tok, a.out, parity_texts=texts, labels=labels,
+    return write_artifact(model, tok, a.out, parity_texts=texts, labels=labels, quantize=a.quantize,
+                          held_out=_held_out(a), held_out_source=f"--check-text {a.check_text}",
                           max_len=None if lm else (a.max_len or DEFAULT_MAX_LEN),
                           bos_text=_checked_bos(tok, a.bos_text),
                           metrics={}, exported_from=_source(path, "state_dict", a), force=a.force,
                           tokenizer_file=_library_file(a.tokenizer), measure=_measure(a.kind, a.check_text),
                           chat=chat_format(a.chat_template, a.chat_stop))
+
+
+def _held_out(a: ImportArgs):
+    """What an int8 model's cost is measured on: --check-text (a language model's first 20,000 characters, a
+    classifier's first 512 rows), or None."""
+    if not (a.quantize and a.check_text):
+        return None
+    from service.labelled import read_labelled, read_text
+    if a.kind == "lm":
+        return read_text(a.check_text)[:20_000]
+    return [[l, t] for l, t in read_labelled(a.check_text).rows[:512]]
 
 
 def _library_file(path: str) -> Path | None:
@@ -563,13 +576,23 @@ def _import_onnx(a: ImportArgs, tok) -> dict:
             "parity": None,  # no PyTorch model to compare with: the behaviour checks stand in
             "checks": {"chunked_vs_whole" if lm else "padded_vs_alone": diff,
                        **({"stateless_vs_rewritten": made.parity} if made else {})},
-            "int8": None,
+            "int8": _int8(a, tok, onnx_path, labels),
             "exported_from": {**_source(path, "onnx", a), "renamed": renames or None,
                               "made_stateful": made.summary() if made else None,
                               "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
         }
         finish(tmp, manifest, tok, _library_file(a.tokenizer), _measure(a.kind, a.check_text))
     return manifest
+
+
+def _int8(a: ImportArgs, tok, onnx_path: Path, labels: list[str] | None) -> dict | None:
+    """--quantize int8 for an imported graph: model.int8.onnx beside it (export/int8.py: per row where the
+    graph has the shape of our own export, else ONNX Runtime's dynamic quantisation)."""
+    if not a.quantize:
+        return None
+    q = onnx_path.parent / "model.int8.onnx"
+    how = int8_model(a.kind, onnx_path, q, tok, _held_out(a), f"--check-text {a.check_text}", labels, [])
+    return {"onnx": q.name, "onnx_sha256": sha256_file(q), "onnx_bytes": q.stat().st_size, "parity": None, **how}
 
 
 def _stateful(model, a: ImportArgs, tok, path: Path):

@@ -149,13 +149,6 @@ def _parity(model, path: Path, tok, texts: list[str]) -> float:
     return classifier_parity(model, path, seqs, tok.pad_id or 0)
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
 def chat_format(template_file: str | Path | None, stop: list[str] | None) -> dict:
     """The manifest's chat format (`--chat-template FILE`, `--chat-stop TEXT`): checked to compile in the
     service's sandbox; {} for the service's default."""
@@ -189,6 +182,7 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
     lm = model.config["kind"] == "lm"
     return write_artifact(
         model, tok, out, parity_texts=sample["texts"], opset=opset, quantize=quantize, force=force,
+        held_out=sample.get("held_out"),
         labels=None if lm else metrics.get("labels") or train.get("labels"),
         max_len=None if lm else train.get("max_len"),
         # a document boundary fed before a fresh prompt, where the vocabulary has one (word level has no newline)
@@ -202,10 +196,12 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
 def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list[str], labels: list[str] | None,
                    max_len: int | None, bos_text: str | None, metrics: dict, exported_from: dict, opset: int = 17,
                    quantize: str | None = None, force: bool = False, tokenizer_file: Path | None = None,
-                   measure=None, chat: dict | None = None) -> dict:
+                   measure=None, chat: dict | None = None, held_out=None, held_out_source: str = "held-out text") -> dict:
     """The one way out to an artifact, for a trained run and an imported model alike: the graph exported, parity
     with PyTorch checked (refused above PARITY_LIMIT), the manifest written. `measure(folder) -> dict`, when
-    given, adds figures measured on the finished artifact to the manifest's metrics. Built in a temporary
+    given, adds figures measured on the finished artifact to the manifest's metrics. `held_out` (a language
+    model's text, a classifier's [label, text] rows) is what an int8 model's cost is measured on (export/int8.py).
+    Built in a temporary
     folder beside `out` and renamed into place: a refusal leaves nothing behind."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -254,13 +250,32 @@ def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list
         }
         if quantize == "int8":
             q = tmp / "model.int8.onnx"
-            quantize_int8(onnx_path, q)
+            how = int8_model(cfg["kind"], onnx_path, q, tok, held_out, held_out_source, labels, parity_texts)
             manifest["int8"] = {"onnx": q.name, "onnx_sha256": sha256_file(q), "onnx_bytes": q.stat().st_size,
-                                "parity": _parity(model, q, tok, parity_texts)}
+                                "parity": _parity(model, q, tok, parity_texts), **how}
         elif quantize:
             raise ExportError(f"--quantize: unknown mode {quantize!r} (known: int8)")
         finish(tmp, manifest, tok, tokenizer_file, measure)
     return manifest
+
+
+def int8_model(kind: str, src: Path, dst: Path, tok, held_out, source: str, labels: list[str] | None,
+               parity_texts: list[str]) -> dict:
+    """`model.int8.onnx` written from the float graph, and what the manifest records of it (export/int8.py):
+    how it was quantised, whether rows stay independent, and its quality cost on held-out text."""
+    from . import int8
+    if kind == "lm":
+        return int8.quantize_lm(src, dst, tok, held_out if isinstance(held_out, str) else None, source)
+    rows = [(l, t) for l, t in (held_out or []) if t]
+    index = {l: i for i, l in enumerate(labels or [])}
+    known = [(index[l], t) for l, t in rows if l in index] if labels else []
+    texts = [t for _, t in known] if known else [t for _, t in rows] or [t for t in parity_texts if t]
+    ids = [r for r in (tok.encode(t) for t in texts) if r]
+    if not ids:  # nothing to read: random ids of the vocabulary, as the parity check does
+        rng = np.random.default_rng(0)
+        ids = [[int(x) for x in rng.integers(0, tok.vocab_size, 64)] for _ in range(64)]
+    return int8.quantize_classifier(src, dst, ids,
+                                    [i for i, _ in known] if known else None, tok.pad_id or 0)
 
 
 @contextmanager

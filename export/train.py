@@ -164,10 +164,12 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, T.Tokenizer, dict]:
     return model, T.load(run / "tokenizer.json"), metrics
 
 
-def save_val_sample(out: Path, texts: list[str], labels: list[str] | None = None) -> None:
-    """A few validation texts kept with the run: export checks parity on them."""
+def save_val_sample(out: Path, texts: list[str], labels: list[str] | None = None, held_out=None) -> None:
+    """A few validation texts kept with the run: export checks parity on them, and measures an int8 model's
+    cost on `held_out` (a language model's first 20,000 held-out characters; a classifier's first 512
+    held-out [label, text] rows)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "val_sample.json", {"texts": texts, "labels": labels})
+    write_json(out / "val_sample.json", {"texts": texts, "labels": labels, "held_out": held_out})
 
 
 def write_json(path: Path, obj) -> None:
@@ -338,7 +340,7 @@ def train_lm(a: LMArgs, resume: bool = False) -> dict:
 
     if not resume:
         save_val_sample(out, [val_text[i * 200:(i + 1) * 200] for i in range(8) if len(val_text) >= (i + 1) * 200]
-                        or [val_text])
+                        or [val_text], held_out=val_text[:20_000])
         write_json(out / "args.json", asdict(a))
     model.train()
     bar = progress(total, f"train lm ({a.cell}, {a.tokenizer})", a.quiet)
@@ -511,7 +513,8 @@ def train_classifier(a: ClassifierArgs) -> dict:
         model.train()
         return m
 
-    save_val_sample(out, [t[: a.max_len] for _, t in val_rows[:16]], [l for l, _ in val_rows[:16]])
+    save_val_sample(out, [t[: a.max_len] for _, t in val_rows[:16]], [l for l, _ in val_rows[:16]],
+                    held_out=[[l, t[: a.max_len]] for l, t in val_rows[:512]])
     model.train()
     bar = progress(total, f"train classifier ({a.cell}, {a.tokenizer})", a.quiet)
     batches: list[list[int]] = []

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest import controls, scaling
+from loadtest import controls, scaling, variants
 from loadtest.measure import REPO, Proc, client, decode_speed, fmt_ms, measured, parallel_ceiling, with_cpu
 
-def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
+def raw_ort(artifact: Path, batches: list[int], seconds: float, int8: bool = False) -> dict:
+    """The ceiling of the variant the service serves (`int8`: model.int8.onnx), and the other variant's step
+    beside it at batch 1 and 64."""
     import onnxruntime as ort
     from service.artifact import load_artifact
     out = {}
     for threads in (1, 2):
-        art = load_artifact(artifact, threads=threads)
+        art = load_artifact(artifact, int8=int8, threads=threads)
         for b in batches:
             dt, cores = with_cpu(decode_speed, art, b, seconds)
             out[(threads, b)] = {"threads": threads, "batch": b, "us_per_step": dt * 1e6, "tokens_per_s": b / dt,
@@ -33,17 +35,17 @@ def raw_ort(artifact: Path, batches: list[int], seconds: float) -> dict:
     # The service's layout: one loop per core, each stepping half the batch with one intra-op thread.
     parallel = {}
     for b in (x for x in batches if x >= 8):
-        tps, cores = with_cpu(parallel_ceiling, artifact, b, 2, seconds)
+        tps, cores = with_cpu(parallel_ceiling, artifact, b, 2, seconds, int8)
         parallel[b] = {"batch": b, "loops": 2, "tokens_per_s": tps, "cpu_cores": cores, "tokens_per_core_s": tps / cores}
-    int8 = []
+    other = []
     if json.loads((artifact / "model.json").read_text()).get("int8"):
         for b in (1, 64):
-            art = load_artifact(artifact, int8=True, threads=best[b]["threads"])
+            art = load_artifact(artifact, int8=not int8, threads=best[b]["threads"])
             dt = decode_speed(art, b, seconds)
-            int8.append({"batch": b, "threads": best[b]["threads"], "us_per_step": dt * 1e6,
-                         "float32_us_per_step": best[b]["us_per_step"]})
-    return {"all": list(out.values()), "best": best, "parallel": parallel, "int8": int8,
-            "ort_version": ort.__version__}
+            other.append({"batch": b, "threads": best[b]["threads"], "us_per_step": dt * 1e6,
+                          "served_us_per_step": best[b]["us_per_step"]})
+    return {"all": list(out.values()), "best": best, "parallel": parallel, "other_variant": other,
+            "variant": "int8" if int8 else "float32", "ort_version": ort.__version__}
 
 
 def classify_model_speed(artifact: Path, seconds: float, threads: int) -> dict:
@@ -110,7 +112,9 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     except (OSError, StopIteration):
         pass
     print("1/7 raw ONNX Runtime decode loop", flush=True)
-    res["raw"] = raw_ort(artifact, [1, 8, 32, 64, 128], 0.5 if quick else 2.0)
+    from service.artifact import choose_int8
+    res["variant"] = choose_int8(res["model"], None)  # what the service serves by default, and why
+    res["raw"] = raw_ort(artifact, [1, 8, 32, 64, 128], 0.5 if quick else 2.0, res["variant"][0])
     best_threads = res["raw"]["best"][64]["threads"]
     res["classify_model"] = classify_model_speed(REPO / "models" / "langid", 0.5 if quick else 2.0, best_threads)
     from service.artifact import read_manifest
@@ -165,6 +169,8 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
 
     print("7/7 decoding controls and structured outputs", flush=True)
     res["controls"] = controls.run(1 if quick else 3, rounds=1 if quick else 4)
+    print("7/7 float32 and int8, each against its own ceiling", flush=True)
+    res["variants"] = variants.run(1 if quick else 2, model, 0.5 if quick else 2.0, rounds=1 if quick else 6)
 
     print("5/7 naive peer (PyTorch + FastAPI)", flush=True)
     naive = Proc([sys.executable, "-m", "loadtest.naive_server", str(artifact), "--port", "{port}"])
@@ -262,15 +268,19 @@ def report(r: dict) -> str:
              f"Model: the bundled `fortunes` ({m['cell'].upper()}, {m['layers']} layer, hidden {m['hidden']}, "
              f"vocab {m['vocab_size']}). Every ratio compares figures from this same run. Clients (aiohttp) run in a "
              "separate process on the same 2 cores, so they compete with the server for CPU. The service runs with "
-             "its defaults (one engine thread per core, one intra-op thread each).\n",
+             "its defaults (one engine thread per core, one intra-op thread each) and so serves the "
+             f"**{r['raw'].get('variant', 'float32')}** model ({(r.get('variant') or [None, 'float32'])[1]}); "
+             "sections 1 and 2 measure that variant.\n",
              "## 1. The ceiling: raw ONNX Runtime decode loop (no server, no sampling)\n",
              "| batch | best threads | µs per step | tokens/s |", "|---|---|---|---|"]
     for b, row in raw.items():
         lines.append(f"| {b} | {row['threads']} | {row['us_per_step']:.0f} | {row['tokens_per_s']:,.0f} |")
-    for q in r["raw"].get("int8", []):
-        lines.append(f"\nint8 (`model.int8.onnx`), batch {q['batch']}: {q['us_per_step']:.0f} µs per step against "
-                     f"{q['float32_us_per_step']:.0f} µs in float32 ({q['float32_us_per_step'] / q['us_per_step']:.2f}× "
-                     "the speed).")
+    served = r["raw"].get("variant", "float32")
+    other = "float32" if served == "int8" else "int8"
+    for q in r["raw"].get("other_variant", []):
+        lines.append(f"\n{other}, batch {q['batch']}: {q['us_per_step']:.0f} µs per step against "
+                     f"{q['served_us_per_step']:.0f} µs in {served} ({q['us_per_step'] / q['served_us_per_step']:.2f}× "
+                     f"the {served} step time).")
     par = r["raw"].get("parallel", {})
     if par:
         lines.append("\nTwo loops in parallel, each stepping half the batch with one intra-op thread (how the service "
@@ -375,6 +385,11 @@ def report(r: dict) -> str:
         lines += scaling.report_replicas(r["replicas"])
     if "controls" in r:
         lines += ["## Decoding controls and structured outputs\n", controls.report(r["controls"]), ""]
+    if "variants" in r:
+        lines += ["## float32 and int8, each against its own ceiling\n",
+                  "The same load on a server of each variant (`RNNSERVE_INT8=0`, `=1`), interleaved, "
+                  f"{len(r['variants']['runs']) // 2} run(s) each, medians; each ceiling is two raw decode loops of "
+                  "that variant (the service's layout).\n", variants.table(r["variants"]), ""]
     return "\n".join(lines) + "\n"
 
 

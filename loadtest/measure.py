@@ -157,12 +157,12 @@ def with_cpu(fn, *args):
     return out, (time.process_time() - c0) / (time.perf_counter() - t0)
 
 
-def parallel_ceiling(artifact, batch: int, loops: int, seconds: float) -> float:
+def parallel_ceiling(artifact, batch: int, loops: int, seconds: float, int8: bool = False) -> float:
     """Tokens/s of `loops` raw ORT decode loops in parallel threads, each stepping batch/loops rows with one
     intra-op thread: what the hardware gives the service's layout, with no server and no sampling (with its
     CPU: `with_cpu(parallel_ceiling, ...)`)."""
     from service.artifact import load_artifact
-    arts = [load_artifact(artifact, threads=1) for _ in range(loops)]
+    arts = [load_artifact(artifact, int8=int8, threads=1) for _ in range(loops)]
     speeds = [0.0] * loops
     rows = max(1, batch // loops)
 

@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("--out", required=True, metavar="ARTIFACT_DIR")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    ex.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised model.int8.onnx")
+    ex.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx (a language model: int8 per row, "
+                    "exact across batches; its cost in bits/char on held-out text recorded in model.json)")
     ex.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
     add_chat_flags(ex)
 
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         ip.add_argument("--check-text", metavar="FILE",
                         help="also measure the artifact on this file and record it in the manifest: bits/char on a "
                              "text (lm), accuracy on a labelled CSV/TSV (classifier)")
+        ip.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx, its cost measured on "
+                        "--check-text (else on text the float32 model writes itself) and recorded in model.json")
         ip.add_argument("--force", action="store_true", help="replace ARTIFACT_DIR if it exists")
 
     # eval
@@ -352,8 +355,20 @@ def cmd_export(a) -> None:
     m = export(a.run_dir, a.out, a.opset, a.quantize, a.force, chat_format(a.chat_template, a.chat_stop))
     print(f"exported {m['kind']} ({m['cell']}, {m['layers']} layer(s), hidden {m['hidden']}) to {a.out}: "
           f"ops {','.join(sorted(set(m['recurrent_ops'])))}, parity {m['parity']:.2e}")
-    if m["int8"]:
-        print(f"int8: {m['int8']['onnx_bytes']:,} bytes (float32 {m['onnx_bytes']:,}), parity {m['int8']['parity']:.3g}")
+    print_int8(m)
+
+
+def print_int8(m: dict) -> None:
+    q = m.get("int8")
+    if not q:
+        return
+    cost = q.get("quality") or {}
+    how = {"bits_per_char": f"{cost.get('delta', 0):+.4f} bits/char ({cost.get('float32')} -> {cost.get('int8')})",
+           "accuracy": f"accuracy {cost.get('float32')} -> {cost.get('int8')}",
+           "agreement": f"agrees with float32 on {cost.get('agreement', 0):.1%}"}.get(cost.get("metric"), "")
+    parity = f", parity {q['parity']:.3g}" if q.get("parity") is not None else ""
+    print(f"int8 ({q.get('method', 'onnxruntime-dynamic')}{', exact across batches' if q.get('batch_exact') else ''}): "
+          f"{q['onnx_bytes']:,} bytes (float32 {m['onnx_bytes']:,}){parity}; {how} on {cost.get('text', 'held-out text')}")
 
 
 def cmd_import(a) -> None:
@@ -361,7 +376,7 @@ def cmd_import(a) -> None:
     m = run_import(ImportArgs(kind=a.what, tokenizer=a.tokenizer, out=a.out, state_dict=a.state_dict, onnx=a.onnx,
                               rename=a.rename, labels=getattr(a, "labels", None), max_len=getattr(a, "max_len", None),
                               bos_text=getattr(a, "bos_text", None), unk_token=a.unk_token, pad_token=a.pad_token,
-                              check_text=a.check_text, force=a.force,
+                              check_text=a.check_text, force=a.force, quantize=a.quantize,
                               chat_template=getattr(a, "chat_template", None), chat_stop=getattr(a, "chat_stop", None)))
     check = (f"parity {m['parity']:.2e}" if m["parity"] is not None else
              ", ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in m.get("checks", {}).items()))
@@ -371,6 +386,7 @@ def cmd_import(a) -> None:
         r = m["metrics"]
         print(f"on {r['check_text']}: " + (f"{r['bpc']:.4f} bits/char" if m["kind"] == "lm" else
                                           f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}"))
+    print_int8(m)
 
 
 def cmd_eval(a) -> None:

@@ -18,10 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .artifact import Artifact, load_artifact, read_manifest
+from .artifact import Artifact, choose_int8, load_artifact, read_manifest
 from . import guards
 from .board import Board
-from .config import Config, classifier_threads, lm_threads, resolve_models, session_url
+from .config import Config, classifier_threads, int8_setting, lm_threads, resolve_models, session_url
 from .memory import MemoryTrimmer
 from .litserve_adapter import (ClassifyBatcher, check_litserve, make_server, on_serving, run_server, stop_server,
                                worker_ready)
@@ -47,8 +47,10 @@ def load_models(config: Config) -> tuple[dict[str, Artifact], dict[str, Artifact
     for name, path in resolve_models(config).items():
         m = read_manifest(path)
         lm = m.get("kind") == "lm"
-        art = load_artifact(path, name, int8=config.int8 and bool(m.get("int8")),
+        use, why = choose_int8(m, int8_setting(config))
+        art = load_artifact(path, name, int8=use,
                             threads=lm_threads(config) if lm else classifier_threads(config))
+        art.variant_reason = why
         (lms if lm else classifiers)[name] = art
     return lms, classifiers
 
@@ -70,7 +72,7 @@ def build(config: Config, worker: Worker):
     batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, c.classify_max_queue,
                               on_batch=metrics.classify_batch.observe)
     direct: dict = {}  # the generation endpoints, answered by the edge itself (middleware.py)
-    server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), c.int8, batcher,
+    server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), int8_setting(c), batcher,
                          middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id,
                                                         "direct": direct})])
     routes = Routes(runtime, batcher, board, ready=lambda: worker_ready(server))

@@ -62,6 +62,7 @@ class Artifact:
     onnx_file: str
     labels: list[str] = field(default_factory=list)
     session_sha256: str = ""  # of the ONNX file loaded
+    variant_reason: str = ""  # why model.onnx or model.int8.onnx is served (choose_int8)
 
     tokenizer_sha256: str = ""
 
@@ -118,6 +119,9 @@ class Artifact:
         return {"name": self.name, "kind": m["kind"], "cell": m["cell"], "layers": m["layers"],
                 "hidden": m["hidden"], "vocab_size": m["vocab_size"], "tokenizer": self.tokenizer.type,
                 "labels": m.get("labels"), "onnx": self.onnx_file, "opset": m["opset"], "parity": m.get("parity"),
+                "variant": "int8" if self.onnx_file == (m.get("int8") or {}).get("onnx") else "float32",
+                "variant_reason": self.variant_reason or None,
+                "int8": {k: v for k, v in m["int8"].items() if k != "onnx_sha256"} if m.get("int8") else None,
                 "metrics": m.get("metrics"), "state_bytes": self.state_bytes if m["kind"] == "lm" else None,
                 "max_chars": self.window if clf and by_chars else None,
                 "read_chars": self.window * READ_WINDOWS if clf and by_chars else None,
@@ -174,6 +178,28 @@ def session_options(threads: int | None, arena: bool = True) -> ort.SessionOptio
     # and spinning threads would steal them from each other and from the HTTP loop.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+AUTO_INT8_MAX_DELTA = 0.01  # bits/char an int8 model may cost and still be served without being asked for
+
+
+def choose_int8(m: dict, setting: bool | None) -> tuple[bool, str]:
+    """Whether to serve an artifact's model.int8.onnx, and why: RNNSERVE_INT8=1 wherever there is one, 0 never;
+    auto (None) where the manifest records it exact across batches (per-row quantisation) and costing at
+    most AUTO_INT8_MAX_DELTA bits/char on held-out text."""
+    q = m.get("int8")
+    if setting is not None:
+        return bool(setting and q), f"RNNSERVE_INT8={int(setting)}" + ("" if q or not setting else " (no int8 model)")
+    if not q:
+        return False, "auto: no int8 model"
+    cost = q.get("quality") or {}
+    if not q.get("batch_exact"):
+        return False, "auto: int8 not exact across batches (rows share a quantisation scale)"
+    if cost.get("metric") != "bits_per_char" or cost.get("delta") is None:
+        return False, "auto: int8 quality cost not recorded"
+    if cost["delta"] > AUTO_INT8_MAX_DELTA:
+        return False, f"auto: int8 costs {cost['delta']:+.4f} bits/char (> {AUTO_INT8_MAX_DELTA})"
+    return True, f"auto: exact across batches, {cost['delta']:+.4f} bits/char"
 
 
 def load_artifact(folder: str | Path, name: str | None = None, int8: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .config import OPTIONS, Config, from_env
+from .config import OPTIONS, Config, from_env, int8_setting
 
 
 def add_serve_parser(sub) -> None:
@@ -27,7 +27,10 @@ def add_serve_parser(sub) -> None:
         var, text = OPTIONS[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
+        if f.name == "int8":  # `--int8` alone is 1, as when it was a switch
+            sp.add_argument(flag, nargs="?", const="1", default=None, metavar="0|1|auto",
+                            help=f"{text} [{var}, default {default!r}]")
+        elif isinstance(default, bool):
             sp.add_argument(flag, action="store_true", default=None, help=f"{text} [{var}]")
         else:
             sp.add_argument(flag, type=type(default), default=None, metavar=f.name.upper(),
@@ -40,6 +43,10 @@ def config_from_args(a) -> Config:
         v = getattr(a, f.name, None)
         if v is not None and v != []:
             setattr(c, f.name, v)
+    try:
+        int8_setting(c)
+    except ValueError as e:
+        raise SystemExit(f"rnnserve serve: {e}") from None
     return c
 
 

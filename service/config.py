@@ -58,7 +58,7 @@ class Config:
     stream_buffer_events: int = 1024
     replica: str = ""
     api_key: str = ""
-    int8: bool = False
+    int8: str = "auto"
     classify_max_batch: int = 64
     classify_wait_ms: float = 5.0
     classify_max_queue: int = 2048
@@ -111,7 +111,9 @@ OPTIONS = {
     "replica": ("RNNSERVE_REPLICA", "this server's name in the X-Rnnserve-Replica header and /info (default: "
                 "HOSTNAME:PORT)"),
     "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
-    "int8": ("RNNSERVE_INT8", "serve model.int8.onnx where an artifact has one (1/true)"),
+    "int8": ("RNNSERVE_INT8", "which of an artifact's models to serve: 1 model.int8.onnx wherever there is one, 0 "
+             "model.onnx, auto (default) model.int8.onnx where it is exact across batches and costs at most "
+             "0.01 bits/char (its manifest says both), else model.onnx"),
     "classify_max_batch": ("RNNSERVE_CLASSIFY_MAX_BATCH", "/classify requests batched into one call"),
     "classify_wait_ms": ("RNNSERVE_CLASSIFY_WAIT_MS", "how long /classify waits to fill a batch"),
     "classify_max_queue": ("RNNSERVE_CLASSIFY_MAX_QUEUE", "texts of /classify requests waiting or being classified "
@@ -124,6 +126,18 @@ def _cast(value: str, like):
     if isinstance(like, bool):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return type(like)(value)
+
+
+def int8_setting(c: Config) -> bool | None:
+    """RNNSERVE_INT8 as True (1), False (0) or None (auto); anything else is an error naming the variable."""
+    v = str(c.int8).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    if v in ("", "auto"):
+        return None
+    raise ValueError(f"RNNSERVE_INT8={c.int8!r}: 0, 1 or auto")
 
 
 def from_env(env=os.environ) -> Config:

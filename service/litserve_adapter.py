@@ -43,7 +43,7 @@ except ImportError as e:  # pragma: no cover — only with an untested LitServe
     raise ImportError(f"rnnserve's LitServe adapter was written for litserve 0.2.19; the installed litserve "
                       f"{ls.__version__} lacks what it uses: {e}") from e
 
-from .artifact import load_artifact, read_manifest
+from .artifact import choose_int8, load_artifact, read_manifest
 from .classifier import classify
 from .errors import RequestError, json_bytes
 from .memory import trim_when_idle
@@ -88,7 +88,7 @@ class ClassifyAPI(ls.LitAPI):
     """Runs in LitServe's worker process. Each message from the API server is a whole batch: a list of
     requests' texts, classified length-bucketed, and answered as one list of ready JSON bodies."""
 
-    def __init__(self, models: dict[str, str], threads: int, int8: bool, spec: "ClassifyBatcher"):
+    def __init__(self, models: dict[str, str], threads: int, int8: bool | None, spec: "ClassifyBatcher"):
         super().__init__(max_batch_size=1, spec=spec, api_path="/classify")
         self.model_paths, self.threads, self.int8 = models, threads, int8
 
@@ -110,7 +110,7 @@ class ClassifyAPI(ls.LitAPI):
         signal.signal(signal.SIGTERM, on_term)
         self.last_work = [0.0]
         trim_when_idle(self.last_work)  # unpickled batches of long texts would otherwise stay in the heap
-        self.models = {name: load_artifact(path, name, int8=self.int8 and bool(read_manifest(Path(path)).get("int8")),
+        self.models = {name: load_artifact(path, name, int8=choose_int8(read_manifest(Path(path)), self.int8)[0],
                                            threads=self.threads or None)
                        for name, path in self.model_paths.items()}
 
@@ -263,7 +263,7 @@ class ClassifySpec(LitSpec):
 # ----------------------------------------------------------------------------- the server
 
 
-def make_server(classifiers: dict[str, str], threads: int, int8: bool, batcher: ClassifyBatcher,
+def make_server(classifiers: dict[str, str], threads: int, int8: bool | None, batcher: ClassifyBatcher,
                 middlewares: list) -> ls.LitServer:
     """A LitServer whose worker classifies; LitServe's own /, /health and /info make way for ours."""
     api = ClassifyAPI(classifiers, threads, int8, ClassifySpec(batcher))

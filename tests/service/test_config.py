@@ -3,14 +3,16 @@ import pytest
 
 from service.artifact import ArtifactError
 from service.cli import config_from_args
-from service.config import OPTIONS, Config, engine_threads, from_env, lm_threads, resolve_models, workers
+from service.config import (OPTIONS, Config, engine_threads, from_env, int8_setting, lm_threads, resolve_models,
+                            workers)
 
 
 def test_every_option_reads_its_environment_variable():
     env = {"RNNSERVE_PORT": "9001", "RNNSERVE_INT8": "true", "RNNSERVE_SESSION_TTL": "2.5",
            "RNNSERVE_API_KEY": "k", "RNNSERVE_MAX_BATCH": ""}
     c = from_env(env)
-    assert (c.port, c.int8, c.session_ttl, c.api_key, c.max_batch) == (9001, True, 2.5, "k", Config().max_batch)
+    assert (c.port, c.int8, c.session_ttl, c.api_key, c.max_batch) == (9001, "true", 2.5, "k", Config().max_batch)
+    assert int8_setting(c) is True
     assert all(var.startswith("RNNSERVE_") for var, _ in OPTIONS.values())
     assert len({var for var, _ in OPTIONS.values()}) == len(OPTIONS)
 
@@ -24,6 +26,22 @@ def test_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("RNNSERVE_MAX_QUEUE", "7")
     c = config_from_args(ap.parse_args(["serve", "--port", "9002", "--model", "a=/x"]))
     assert c.port == 9002 and c.max_queue == 7 and c.model_list == ["a=/x"]
+
+
+def test_int8_is_auto_unless_chosen(monkeypatch):
+    """RNNSERVE_INT8 / --int8: 0, 1 or auto (the default); `--int8` alone is 1, as when it was a switch; anything
+    else stops the server with the variable named."""
+    import argparse
+    from service.cli import add_serve_parser
+    ap = argparse.ArgumentParser()
+    add_serve_parser(ap.add_subparsers())
+    monkeypatch.delenv("RNNSERVE_INT8", raising=False)
+    assert int8_setting(config_from_args(ap.parse_args(["serve"]))) is None
+    assert int8_setting(config_from_args(ap.parse_args(["serve", "--int8"]))) is True
+    assert int8_setting(config_from_args(ap.parse_args(["serve", "--int8", "0"]))) is False
+    monkeypatch.setenv("RNNSERVE_INT8", "sometimes")
+    with pytest.raises(SystemExit, match="RNNSERVE_INT8='sometimes': 0, 1 or auto"):
+        config_from_args(ap.parse_args(["serve"]))
 
 
 def test_models_by_folder_and_by_name(artifacts):

@@ -193,7 +193,8 @@ class Engine(Prefill, Step):
         events = [e for r in self._inbox for e in self._unstarted(r, reason)]
         events += [e for s in self.prefilling for e in self._unstarted(s.req, reason)]
         for i, s in enumerate(self.active):
-            piece = self._emittable(s, final=True)
+            piece = s.held + self._emittable(s, final=True)
+            s.held = ""
             if piece:
                 events.append((s.req, self._text(s, piece)))
             events.append((s.req, self._final(s, reason, i)))

@@ -76,7 +76,8 @@ class GenerationRequest:
     logprobs: int | None = None        # None: none; k >= 0: each generated token's, and the k most likely
     prompt_logprobs: bool = False      # each prompt token's log-probability (scores a text: no prefix cache)
     controls: Controls | None = None   # penalties, logit bias, min_p, a grammar (processors.py); None: plain
-    reply: object = None               # opaque to the engine: where the HTTP layer routes this request's events
+    reply: object = None               # where the HTTP layer routes this request's events; the engine only asks
+                                       # it `wants_text(now)` (runtime.Channel) before handing over text
     id: str = field(default_factory=lambda: f"{os.getpid():x}-{next(_IDS):x}")  # unique on this host
     arrival: float = field(default_factory=time.perf_counter)
     cancelled: bool = False

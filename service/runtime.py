@@ -64,6 +64,12 @@ class Channel:
         if w is not None and not w.done() and (self.urgent or time.monotonic() >= self.not_before):
             w.set_result(None)
 
+    def wants_text(self, now: float) -> bool:
+        """Whether text handed over now would be taken (engine thread, once per row and step): not before
+        `not_before`, never for a whole answer. Until then the engine keeps a row's new text and hands it over
+        at once later, one event instead of one per token."""
+        return not self.final_only and now >= self.not_before
+
     async def take(self) -> list[Event]:
         """Wait for at least one event (and, for text alone, for `not_before`), then take everything that has
         piled up."""

@@ -24,7 +24,7 @@ class Slot:
     slot while its prompt is read, then n (`fork`)."""
     __slots__ = ("req", "feed", "cursor", "state", "next_token", "generated", "text", "sent", "stop_scan",
                  "t_first", "tokens_seen", "piece", "pending", "chain", "gen_ids", "choice", "sampling", "lps",
-                 "lp_sent", "prompt_lps", "uniforms", "ctl", "tail", "recent")
+                 "lp_sent", "prompt_lps", "uniforms", "ctl", "tail", "recent", "held")
 
     def __init__(self, req: GenerationRequest, engine: "Engine", choice: int = 0):
         self.req = req
@@ -69,6 +69,7 @@ class Slot:
         self.generated = 0
         self.text = ""
         self.sent = 0
+        self.held = ""  # text sendable but not yet handed to the stream (it was not taking: Channel.wants_text)
         self.stop_scan = 0
         self.t_first: float | None = None
 

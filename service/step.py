@@ -47,6 +47,7 @@ class Step:
         new = sample(logits, temp, topk, topp, uniforms).tolist()
         ended = controls.after(new) if controls.any else None  # rows whose grammar is complete
         now = time.perf_counter()
+        mono = time.monotonic()
         self.metrics.step(batch, now - t0)
         keep = None
         firsts = 0
@@ -87,7 +88,12 @@ class Step:
                 if ended and i in ended:
                     reason = ended[i]
             if piece:
-                events.append((s.req, self._text(s, piece)))
+                s.held += piece
+            # text goes to the stream when its writer would take it (Channel.wants_text: its pacing) or the
+            # row ends: one event for the tokens of several steps, not one each (the writer merged them anyway)
+            if s.held and (reason is not None or (reply := s.req.reply) is None or reply.wants_text(mono)):
+                events.append((s.req, self._text(s, s.held)))
+                s.held = ""
             if reason is not None:
                 if s.lps is not None and s.lp_sent < len(s.lps):  # tokens whose text never showed (a stop string)
                     events.append((s.req, self._text(s, "")))
@@ -105,6 +111,9 @@ class Step:
 
     def _unsatisfiable(self, s: Slot, row: int, events: list, keep, batch: int):
         """A row whose grammar needs text this vocabulary cannot write: it ends with an error, nothing kept."""
+        if s.held:
+            events.append((s.req, self._text(s, s.held)))
+            s.held = ""
         events.append((s.req, Failed("the constraint needs text this model's vocabulary cannot write (a character "
                                      "it does not have)", "constraint_unsatisfiable", None, 422)))
         self.metrics.finished("error")

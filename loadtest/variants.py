@@ -2,6 +2,10 @@
 
     python -m loadtest.variants --runs 2 --out docs/variants.json
 
+and the stream interval's effect (RNNSERVE_STREAM_INTERVAL: tokens/s against latency, one server per value):
+
+    python -m loadtest.variants --intervals 0,auto,50 --runs 2
+
 For each variant (RNNSERVE_INT8=0, RNNSERVE_INT8=1) and run, interleaved so the machine's drift falls on both:
 the raw ceiling of the service's layout (two ONNX Runtime decode loops in parallel threads, one intra-op
 thread each, 32 rows each: no server, no sampling), then a server of that variant: 64 streams of 256 tokens
@@ -78,13 +82,51 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def interval_run(value: str, model: str, rounds: int, streams: int = 64) -> dict:
+    with tempfile.TemporaryDirectory() as state:
+        srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
+                   {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state, "RNNSERVE_STREAM_INTERVAL": value})
+        try:
+            args = ["stream", "--url", srv.url, "--concurrency", str(streams), "--tokens", "256", "--model", model]
+            measured(srv, *args, "--rounds", "1")  # warm-up
+            s = measured(srv, *args, "--rounds", str(rounds))
+        finally:
+            srv.stop()
+    return {"interval": value, "tokens_per_s": s["tokens_per_s"], "server_cores": s["server_cpu_cores"],
+            "tokens_per_core_s": s["tokens_per_s"] / s["server_cpu_cores"], "tokens_per_event": s["tokens_per_event"],
+            "ttft_p50": s["ttft_p50"], "ttft_p99": s["ttft_p99"], "itl_p50": s["itl_p50"], "itl_p99": s["itl_p99"]}
+
+
+def intervals(values: list[str], runs: int, model: str, rounds: int) -> dict:
+    rows = [interval_run(v, model, rounds) for _ in range(runs) for v in values]
+    return {v: {k: statistics.median(r[k] for r in rows if r["interval"] == v) for k in rows[0] if k != "interval"}
+            for v in values}
+
+
+def interval_table(med: dict) -> str:
+    lines = ["| RNNSERVE_STREAM_INTERVAL | tokens/s | tokens per server core-s | tokens per event | "
+             "inter-event p50 / p99 (ms) | TTFT p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
+    for v, m in med.items():
+        lines.append(f"| {v} | {m['tokens_per_s']:,.0f} | {m['tokens_per_core_s']:,.0f} | {m['tokens_per_event']:.1f} | "
+                     f"{m['itl_p50'] * 1000:.1f} / {m['itl_p99'] * 1000:.1f} | "
+                     f"{m['ttft_p50'] * 1000:.1f} / {m['ttft_p99'] * 1000:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--model", default="fortunes")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--intervals", help="instead: these RNNSERVE_STREAM_INTERVAL values at 64 streams, e.g. 0,auto,50")
     a = ap.parse_args(argv)
+    if a.intervals:
+        med = intervals(a.intervals.split(","), a.runs, a.model, a.rounds)
+        if a.out:
+            a.out.write_text(json.dumps(med, indent=2) + "\n")
+        print(interval_table(med))
+        return
     r = run(a.runs, a.model, rounds=a.rounds)
     if a.out:
         a.out.write_text(json.dumps(r, indent=2) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .config import OPTIONS, Config, from_env, int8_setting
+from .config import OPTIONS, Config, from_env, int8_setting, stream_interval
 
 
 def add_serve_parser(sub) -> None:
@@ -45,6 +45,7 @@ def config_from_args(a) -> Config:
             setattr(c, f.name, v)
     try:
         int8_setting(c)
+        stream_interval(c)
     except ValueError as e:
         raise SystemExit(f"rnnserve serve: {e}") from None
     return c

@@ -56,6 +56,7 @@ class Config:
     send_timeout: float = 30.0
     send_buffer_kb: int = 256
     stream_buffer_events: int = 1024
+    stream_interval: str = "auto"
     replica: str = ""
     api_key: str = ""
     int8: str = "auto"
@@ -108,6 +109,9 @@ OPTIONS = {
                        "send_timeout ends its stream"),
     "stream_buffer_events": ("RNNSERVE_STREAM_BUFFER_EVENTS", "events waiting for a stream's slow client; past it "
                              "the stream is cancelled and its connection closed"),
+    "stream_interval": ("RNNSERVE_STREAM_INTERVAL", "milliseconds a stream holds its text back after each write, "
+                        "so that one event carries every token made meanwhile: auto (0.25 ms per running stream, at "
+                        "most 25 ms), or a number (0: each step's text goes out at once)"),
     "replica": ("RNNSERVE_REPLICA", "this server's name in the X-Rnnserve-Replica header and /info (default: "
                 "HOSTNAME:PORT)"),
     "api_key": ("RNNSERVE_API_KEY", "require this key (Authorization: Bearer KEY or X-API-Key: KEY)"),
@@ -138,6 +142,20 @@ def int8_setting(c: Config) -> bool | None:
     if v in ("", "auto"):
         return None
     raise ValueError(f"RNNSERVE_INT8={c.int8!r}: 0, 1 or auto")
+
+
+def stream_interval(c: Config) -> float | None:
+    """RNNSERVE_STREAM_INTERVAL in seconds, or None for auto; anything else is an error naming the variable."""
+    v = str(c.stream_interval).strip().lower()
+    if v in ("", "auto"):
+        return None
+    try:
+        ms = float(v)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= 1000:
+        raise ValueError(f"RNNSERVE_STREAM_INTERVAL={c.stream_interval!r}: auto, or milliseconds from 0 to 1000")
+    return ms / 1000
 
 
 def from_env(env=os.environ) -> Config:

@@ -17,7 +17,7 @@ import time
 from .artifact import Artifact
 from .chat import ChatFormat
 from .constraints import ConstraintError, Vocabulary
-from .config import Config, engine_threads
+from .config import Config, engine_threads, stream_interval
 from .engine import Engine, Overloaded
 from .requests import Done, Event, Failed, GenerationRequest, Text
 from .errors import RequestError, busy
@@ -109,6 +109,7 @@ class Runtime:
     def __init__(self, config: Config, lms: dict[str, Artifact], classifiers: dict[str, Artifact],
                  store: SessionStore, metrics: ServiceMetrics):
         self.config = config
+        self._interval = stream_interval(config)
         self.lms, self.classifiers = lms, classifiers
         self.store = store
         self.metrics = metrics
@@ -191,7 +192,10 @@ class Runtime:
         return all(e.alive() and now - e.heartbeat < 10 for e in self.engines)
 
     def pace(self) -> float:
-        """Seconds a stream holds text back after a write: 0.25 ms per active stream, at most 25 ms."""
+        """Seconds a stream holds text back after a write: RNNSERVE_STREAM_INTERVAL, or (auto) 0.25 ms per
+        active stream, at most 25 ms."""
+        if self._interval is not None:
+            return self._interval
         return min(0.025, 0.00025 * sum(len(e.active) for e in self.engines))
 
     # ---------------------------------------------------------------- models

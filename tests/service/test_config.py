@@ -4,7 +4,7 @@ import pytest
 from service.artifact import ArtifactError
 from service.cli import config_from_args
 from service.config import (OPTIONS, Config, engine_threads, from_env, int8_setting, lm_threads, resolve_models,
-                            workers)
+                            stream_interval, workers)
 
 
 def test_every_option_reads_its_environment_variable():
@@ -42,6 +42,15 @@ def test_int8_is_auto_unless_chosen(monkeypatch):
     monkeypatch.setenv("RNNSERVE_INT8", "sometimes")
     with pytest.raises(SystemExit, match="RNNSERVE_INT8='sometimes': 0, 1 or auto"):
         config_from_args(ap.parse_args(["serve"]))
+
+
+def test_stream_interval_is_auto_or_milliseconds(monkeypatch):
+    assert stream_interval(Config()) is None
+    assert stream_interval(Config(stream_interval="0")) == 0.0
+    assert stream_interval(Config(stream_interval="12.5")) == 0.0125
+    for bad in ("soon", "-1", "5000"):
+        with pytest.raises(ValueError, match=f"RNNSERVE_STREAM_INTERVAL='{bad}': auto, or milliseconds from 0 to 1000"):
+            stream_interval(Config(stream_interval=bad))
 
 
 def test_models_by_folder_and_by_name(artifacts):

@@ -190,17 +190,19 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
 def per_model(srv: Proc, tokens: str, rounds: str, seconds: float) -> list[dict]:
     """Each bundled language model served at 1 and 64 streams: model tokens/s and the characters/s a user
     sees (a BPE token carries several characters), beside the model's raw ORT ceiling at batch 64."""
-    from service.artifact import load_artifact, read_manifest
+    from service.artifact import choose_int8, load_artifact, read_manifest
     rows = []
     for folder in sorted(p for p in (REPO / "models").iterdir() if (p / "model.json").exists()):
         manifest = read_manifest(folder)
         if manifest["kind"] != "lm":
             continue
-        step = min(decode_speed(load_artifact(folder, threads=t), 64, seconds) for t in (1, 2))
+        int8 = choose_int8(manifest, None)[0]  # the variant the service serves it in
+        step = min(decode_speed(load_artifact(folder, int8=int8, threads=t), 64, seconds) for t in (1, 2))
         for n in (1, 64):
             row = measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                            "--model", folder.name, "--rounds", rounds)
-            row.update(model=folder.name, tokenizer=manifest.get("tokenizer_type", "char"),
+            row.update(model=folder.name, variant="int8" if int8 else "float32",
+                       tokenizer=manifest.get("tokenizer_type", "char"),
                        vocab_size=manifest["vocab_size"], raw_tokens_per_s_64=64 / step)
             rows.append(row)
     return rows
@@ -326,11 +328,12 @@ def report(r: dict) -> str:
         lines += ["### Every bundled language model: tokens/s and characters/s\n",
                   "The same clients, per model. A token is a character for a `char` model and a few characters for "
                   "a `bpe` one; characters/s is what a reader sees. The raw ceiling is the model's decode loop at "
-                  "batch 64 (best thread count), in tokens/s.\n",
-                  "| model | tokenizer (vocab) | streams | tokens/s | characters/s | chars/token | raw ORT tok/s at 64 "
+                  "batch 64 (best thread count, one loop), in tokens/s, of the variant served.\n",
+                  "| model (variant served) | tokenizer (vocab) | streams | tokens/s | characters/s | chars/token | raw ORT tok/s at 64 "
                   "| TTFT p50 / p99 ms | server CPU cores |", "|---|---|---|---|---|---|---|---|---|"]
         for row in r["per_model"]:
-            lines.append(f"| {row['model']} | {row['tokenizer']} ({row['vocab_size']:,}) | {row['concurrency']} | "
+            lines.append(f"| {row['model']} ({row.get('variant', 'float32')}) | {row['tokenizer']} ({row['vocab_size']:,}) | "
+                         f"{row['concurrency']} | "
                          f"{row['tokens_per_s']:,.0f} | {row['chars_per_s']:,.0f} | "
                          f"{row['chars'] / max(1, row['tokens']):.2f} | {row['raw_tokens_per_s_64']:,.0f} | "
                          f"{fmt_ms(row['ttft_p50'])} / {fmt_ms(row['ttft_p99'])} | {row['server_cpu_cores']:.2f} |")

@@ -239,6 +239,7 @@ def write_row_int8(src: Path, dst: Path) -> None:
 
 
 QUALITY_CHARS = 20_000    # held-out characters the int8 model's cost is measured on
+MIN_QUALITY_CHARS = 2_000  # fewer: measured on text the float32 model writes instead
 
 
 class _Runner:
@@ -305,8 +306,9 @@ def quantize_lm(src: Path, dst: Path, tok, held_out: str | None, source: str = "
     our export's shape, else ONNX
     Runtime's dynamic quantisation, marked not batch-exact; with its quality cost in bits per character."""
     text = (held_out or "")[:QUALITY_CHARS]
-    if len(text) < 2000:
-        text, source = sampled_text(src, tok), "sampled from the float32 model (no held-out text came with it)"
+    if len(text) < MIN_QUALITY_CHARS:
+        why = f"{source} has {len(text):,} characters" if text else "no held-out text came with it"
+        text, source = sampled_text(src, tok), f"sampled from the float32 model ({why})"
     ids, chars = tok.encode_counted(text)
     try:
         write_row_int8(src, dst)

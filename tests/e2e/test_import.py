@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from export.importer import ImportArgs, ImportRefused, run_import
+from service.artifact import load_artifact
 from tests.conftest import Server, make_labelled, make_text, rnnserve
 
 TEXT = make_text(200, seed=11)
@@ -489,3 +490,25 @@ def test_a_stateless_classifier_made_stateful_classifies_as_the_module(stateless
     with torch.no_grad():
         want = [["hard", "soft"][int(clf(torch.tensor([clf_ids(t)])).argmax())] for t in texts]
     assert [g["label"] for g in got] == want
+
+
+def test_import_quantize_int8_records_its_cost(imported, stateless, tmp_path):
+    """--quantize int8 on import: per row for a state dict and for a graph of the textbook shape (its cost
+    measured on --check-text, or on text the float model writes), ONNX Runtime's dynamic quantisation for a
+    graph with more in it (here a LayerNorm), marked not batch-exact so that auto serves float32."""
+    root = imported[0]
+    (tmp_path / "check.txt").write_text(make_text(400, seed=13), encoding="utf-8")
+    m = run_import(ImportArgs("lm", str(root / "vocab.json"), str(tmp_path / "sd"), state_dict=str(root / "gru2.pt"),
+                              check_text=str(tmp_path / "check.txt"), quantize="int8"))
+    q = m["int8"]
+    assert (q["method"], q["batch_exact"]) == ("per-row", True)
+    assert q["quality"]["text"] == f"--check-text {tmp_path / 'check.txt'}" and abs(q["quality"]["delta"]) < 0.05
+    assert load_artifact(tmp_path / "sd", int8=True).onnx_file == "model.int8.onnx"
+    theirs = rnnserve("import", "lm", "--onnx", root / "theirs.onnx", "--tokenizer", root / "vocab.json",
+                      "--out", tmp_path / "onnx", "--quantize", "int8",
+                      "--rename", "input_ids=tokens,h_in=h0,c_in=c0,scores=logits,h_out=hn,c_out=cn")
+    assert "int8 (per-row, exact across batches)" in theirs.stdout and "sampled from the float32 model" in theirs.stdout
+    norm = run_import(ImportArgs("lm", str(root / "vocab.json"), str(tmp_path / "norm"),
+                                 onnx=str(root / "plain-grunorm.onnx"), quantize="int8"))["int8"]
+    assert norm["method"] == "onnxruntime-dynamic" and norm["batch_exact"] is False
+    assert "LayerNormalization" in norm["why_not_per_row"]

@@ -11,15 +11,17 @@ a lower layer's output) are quantised to int8 on their own, multiplied by int8 w
 column) with MatMulInteger, and scaled back. Nothing of one row reaches another, and a step computes the
 same numbers whether its row came alone, in a batch of 64, or in the middle of a longer chunk: the graph
 is exact in the sense the float graph is. The first layer's input projection is a table (embedding times
-input weights plus both biases, per token, float16): a gather. The head is quantised the same way. The recurrence runs in a Scan over time; the gate arithmetic is the cell's equations (LSTM, GRU with
-PyTorch's linear_before_reset) in float32.
+input weights plus both biases, per token, float16): a gather. The head is quantised the same way. The
+recurrence runs in a Scan over time; the gate arithmetic is the cell's equations (LSTM, GRU with PyTorch's
+linear_before_reset) in float32.
 
 Activations use 8 bits around a zero point of 128 (uint8, as MLAS's fast u8s8 kernels want), weights 7
 bits (±63): a uint8 times int8 pair then cannot overflow the 16-bit sums of AVX2 machines without VNNI
 (ONNX Runtime's `reduce_range` for the same reason), so every x86 machine computes the same integers.
 
 Built from the exported float32 graph (the one way in for a trained run and an imported state dict alike):
-Gather(embedding) -> LSTM|GRU per layer -> MatMul (+ Add). Any other shape is refused with the reason.
+Gather(embedding) -> LSTM|GRU per layer -> MatMul (+ Add). Any other shape raises Int8Error with the reason,
+and `quantize_lm` falls back to ONNX Runtime's dynamic quantisation, marked not batch-exact.
 """
 from __future__ import annotations
 
@@ -202,7 +204,8 @@ def write_row_int8(src: Path, dst: Path) -> None:
             flat = o("Reshape", [x_in, gr.const(f"l{li}_rows", np.array([-1, Wg.shape[1]], np.int64))])
             proj = o("Sub", [gr.qmatmul(flat, gr.const(f"l{li}_wq", wq), gr.const(f"l{li}_ws", ws)),
                              gr.const(f"l{li}_minus_bias", -bias.astype(np.float32))])
-            xp = o("Reshape", [proj, o("Concat", [shape_bt, gr.const(f"l{li}_g", np.array([G * H], np.int64))], axis=0)])
+            bt_g = o("Concat", [shape_bt, gr.const(f"l{li}_g", np.array([G * H], np.int64))], axis=0)
+            xp = o("Reshape", [proj, bt_g])
         rq, rs = _qcols(Rg.T.copy())
         rbh = gr.const(f"l{li}_rbh", br[2 * H:].astype(np.float32)) if cell == "gru" else None
         body = _step(gr, cell, H, gr.const(f"l{li}_rq", rq), gr.const(f"l{li}_rs", rs), rbh)
@@ -222,11 +225,13 @@ def write_row_int8(src: Path, dst: Path) -> None:
     out_shape = o("Concat", [shape_bt, gr.const("vocab", np.array([V], np.int64))], axis=0)
     gr.nodes.append(oh.make_node("Reshape", [logits, out_shape], ["logits"]))
     L = len(w["layers"])
-    gr.nodes.append(oh.make_node("Concat", h_outs, ["hn"], axis=0) if L > 1 else oh.make_node("Identity", h_outs, ["hn"]))
+    join = lambda parts, name: (oh.make_node("Concat", parts, [name], axis=0) if L > 1  # noqa: E731
+                                else oh.make_node("Identity", parts, [name]))
+    gr.nodes.append(join(h_outs, "hn"))
     names_in = [("tokens", TP.INT64, ["batch", "time"]), ("h0", TP.FLOAT, [L, "batch", H])]
     names_out = [("logits", TP.FLOAT, ["batch", "time", V]), ("hn", TP.FLOAT, [L, "batch", H])]
     if cell == "lstm":
-        gr.nodes.append(oh.make_node("Concat", c_outs, ["cn"], axis=0) if L > 1 else oh.make_node("Identity", c_outs, ["cn"]))
+        gr.nodes.append(join(c_outs, "cn"))
         names_in.append(("c0", TP.FLOAT, [L, "batch", H]))
         names_out.append(("cn", TP.FLOAT, [L, "batch", H]))
     graph = oh.make_graph(gr.nodes, "rnnserve_int8_per_row",
@@ -331,7 +336,8 @@ def quantize_classifier(src: Path, dst: Path, token_rows: list[list[int]], truth
         got = []
         for r in token_rows:
             x = np.asarray([r or [pad_id]], np.int64)
-            got.append(int(g.session.run(None, {"tokens": x, "lengths": np.array([x.shape[1]], np.int64)})[0][0].argmax()))
+            logits = g.session.run(None, {"tokens": x, "lengths": np.array([x.shape[1]], np.int64)})[0]
+            got.append(int(logits[0].argmax()))
         preds.append(got)
     agree = sum(a == b for a, b in zip(*preds)) / max(1, len(token_rows))
     q = {"metric": "accuracy" if truth else "agreement", "texts": len(token_rows), "agreement": round(agree, 5)}
@@ -355,10 +361,11 @@ def requantize(folder: Path, text: Path | None = None) -> dict:
     art = load_artifact(folder)
     m = art.manifest
     src, dst = folder / m["onnx"], folder / "model.int8.onnx"
-    if m["kind"] == "lm":
-        held, source = (read_text(text)[:QUALITY_CHARS], f"{Path(text).name} (held out)") if text else (None, "")
-    else:
-        held, source = ([[l, t] for l, t in read_labelled(text).rows[:512]] if text else None), f"{Path(text).name if text else ''}"
+    held, source = None, f"{Path(text).name} (held out)" if text else ""
+    if text and m["kind"] == "lm":
+        held = read_text(text)[:QUALITY_CHARS]
+    elif text:
+        held = [[label, t] for label, t in read_labelled(text).rows[:512]]
     how = int8_model(m["kind"], src, dst, art.tokenizer, held, source, m.get("labels"), [])
     ids = art.tokenizer.encode((read_text(text) if text and m["kind"] == "lm" else "The quick brown fox.\n")[:400])
     f, q = _Runner(src), _Runner(dst)

@@ -196,7 +196,8 @@ def export(run_dir: str | Path, out: str | Path, opset: int = 17, quantize: str 
 def write_artifact(model: nn.Module, tok, out: str | Path, *, parity_texts: list[str], labels: list[str] | None,
                    max_len: int | None, bos_text: str | None, metrics: dict, exported_from: dict, opset: int = 17,
                    quantize: str | None = None, force: bool = False, tokenizer_file: Path | None = None,
-                   measure=None, chat: dict | None = None, held_out=None, held_out_source: str = "held-out text") -> dict:
+                   measure=None, chat: dict | None = None, held_out=None,
+                   held_out_source: str = "held-out text") -> dict:
     """The one way out to an artifact, for a trained run and an imported model alike: the graph exported, parity
     with PyTorch checked (refused above PARITY_LIMIT), the manifest written. `measure(folder) -> dict`, when
     given, adds figures measured on the finished artifact to the manifest's metrics. `held_out` (a language

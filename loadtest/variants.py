@@ -32,8 +32,9 @@ def one(variant: str, model: str, seconds: float, rounds: int) -> dict:
         srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
                    {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state, "RNNSERVE_INT8": VARIANTS[variant]})
         try:
-            stream = lambda n, tokens, r: measured(srv, "stream", "--url", srv.url, "--concurrency", str(n),  # noqa: E731
-                                                   "--tokens", str(tokens), "--model", model, "--rounds", str(r))
+            def stream(n, tokens, r):
+                return measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", str(tokens),
+                                "--model", model, "--rounds", str(r))
             stream(64, 64, 1)  # warm-up
             s64 = stream(64, 256, rounds)
             s1 = stream(1, 64, 40)
@@ -73,7 +74,8 @@ def table(r: dict) -> str:
     lines = [f"| `{r['model']}` | float32 (`RNNSERVE_INT8=0`) | int8 (`RNNSERVE_INT8=1`) |", "|---|---|---|"]
     for label, key, fmt in ROWS:
         keys = key if isinstance(key, tuple) else (key,)
-        cell = lambda v: fmt.format(*(med[v][k] * (1000 if "ttft" in k or "itl" in k else 1) for k in keys))  # noqa: E731
+        ms = lambda k: 1000 if "ttft" in k or "itl" in k else 1  # noqa: E731  (seconds shown as ms)
+        cell = lambda v: fmt.format(*(med[v][k] * ms(k) for k in keys))  # noqa: E731
         lines.append(f"| {label} | {cell('float32')} | {cell('int8')} |")
     q = r.get("int8_quality")
     if q:
@@ -107,7 +109,8 @@ def interval_table(med: dict) -> str:
     lines = ["| RNNSERVE_STREAM_INTERVAL | tokens/s | tokens per server core-s | tokens per event | "
              "inter-event p50 / p99 (ms) | TTFT p50 / p99 (ms) |", "|---|---|---|---|---|---|"]
     for v, m in med.items():
-        lines.append(f"| {v} | {m['tokens_per_s']:,.0f} | {m['tokens_per_core_s']:,.0f} | {m['tokens_per_event']:.1f} | "
+        lines.append(f"| {v} | {m['tokens_per_s']:,.0f} | {m['tokens_per_core_s']:,.0f} | "
+                     f"{m['tokens_per_event']:.1f} | "
                      f"{m['itl_p50'] * 1000:.1f} / {m['itl_p99'] * 1000:.1f} | "
                      f"{m['ttft_p50'] * 1000:.1f} / {m['ttft_p99'] * 1000:.1f} |")
     return "\n".join(lines) + "\n"

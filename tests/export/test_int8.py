@@ -71,7 +71,8 @@ def test_a_graph_of_another_shape_gets_dynamic_quantisation_not_served_by_defaul
 
 def test_auto_serves_int8_only_when_exact_and_cheap():
     cheap = {"int8": {"batch_exact": True, "quality": {"metric": "bits_per_char", "delta": 0.004}}}
-    costly = {"int8": {"batch_exact": True, "quality": {"metric": "bits_per_char", "delta": AUTO_INT8_MAX_DELTA + 0.001}}}
+    costly = {"int8": {"batch_exact": True,
+                       "quality": {"metric": "bits_per_char", "delta": AUTO_INT8_MAX_DELTA + 0.001}}}
     assert choose_int8(cheap, None) == (True, "auto: exact across batches, +0.0040 bits/char")
     assert choose_int8(costly, None)[0] is False and "costs +0.0110 bits/char" in choose_int8(costly, None)[1]
     assert choose_int8({"int8": None}, None) == (False, "auto: no int8 model")

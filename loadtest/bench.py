@@ -127,6 +127,8 @@ def run(quick: bool = False, out_dir: Path = REPO / "docs", model: str = "fortun
     try:
         rounds = "1" if quick else "6"
         res["idle_worker_rss_mb"] = srv.worker_rss_mb()
+        # warm-up (first requests to a fresh server: decoders, arenas, caches), as the other sections do
+        client("stream", "--url", srv.url, "--concurrency", "8", "--tokens", "16", "--model", model, "--rounds", "2")
         res["service"] = [measured(srv, "stream", "--url", srv.url, "--concurrency", str(n), "--tokens", tokens,
                                    "--model", model, "--rounds", rounds) for n in levels]
         print("2/7 every language model: tokens/s and characters/s", flush=True)

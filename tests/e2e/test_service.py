@@ -318,10 +318,10 @@ def test_sigterm_ends_streams_with_a_final_event(artifacts):
 def test_a_stream_interval_puts_the_tokens_made_meanwhile_in_one_event(server, artifacts, tmp_path):
     """RNNSERVE_STREAM_INTERVAL=1000: after the first token a stream writes at most once a second, so the
     200 tokens the tiny model makes in well under that come as the first piece and one more (the same text);
-    the default sends one stream's text step by step."""
+    the default sends one stream's text every quarter of a millisecond."""
     body = {"prompt": "The cat", "max_tokens": 200, "temperature": 0, "model": "tinylm"}
     pieces, final, _ = stream(server.url, body)
-    assert len(pieces) > 10 and "".join(pieces) == final["text"]
+    assert len(pieces) > 3 and "".join(pieces) == final["text"]  # (how many depends on the machine's speed)
     s = Server(artifacts, RNNSERVE_STREAM_INTERVAL="1000", RNNSERVE_STATE_DIR=tmp_path)
     try:
         slow, slow_final, _ = stream(s.url, body)

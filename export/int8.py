@@ -252,10 +252,8 @@ class _Runner:
 
     def __init__(self, path: Path):
         import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        from service.artifact import session_options
+        self.session = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.shape = self.session.get_inputs()[1].shape if len(self.inputs) > 1 else None
 

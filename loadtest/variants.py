@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-from loadtest.measure import REPO, Proc, measured, parallel_ceiling, with_cpu
+from loadtest.measure import REPO, Proc, measured, parallel_ceiling, serve_cmd, with_cpu
 
 VARIANTS = {"float32": "0", "int8": "1"}
 
@@ -29,7 +28,7 @@ def one(variant: str, model: str, seconds: float, rounds: int) -> dict:
     artifact = REPO / "models" / model
     tps, cores = with_cpu(parallel_ceiling, artifact, 64, 2, seconds, variant == "int8")
     with tempfile.TemporaryDirectory() as state:
-        srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
+        srv = Proc(serve_cmd(),
                    {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state, "RNNSERVE_INT8": VARIANTS[variant]})
         try:
             def stream(n, tokens, r):
@@ -86,7 +85,7 @@ def table(r: dict) -> str:
 
 def interval_run(value: str, model: str, rounds: int, streams: int = 64) -> dict:
     with tempfile.TemporaryDirectory() as state:
-        srv = Proc([sys.executable, "-m", "rnnserve", "serve", "--port", "{port}", "--host", "127.0.0.1"],
+        srv = Proc(serve_cmd(),
                    {"RNNSERVE_LOG_LEVEL": "warning", "RNNSERVE_STATE_DIR": state, "RNNSERVE_STREAM_INTERVAL": value})
         try:
             args = ["stream", "--url", srv.url, "--concurrency", str(streams), "--tokens", "256", "--model", model]

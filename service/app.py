@@ -72,8 +72,8 @@ def build(config: Config, worker: Worker):
     batcher = ClassifyBatcher(c.classify_max_batch, c.classify_wait_ms / 1000, c.classify_max_queue,
                               on_batch=metrics.classify_batch.observe)
     direct: dict = {}  # the generation endpoints, answered by the edge itself (middleware.py)
-    server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), int8_setting(c), batcher,
-                         middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id,
+    server = make_server({n: str(a.path) for n, a in classifiers.items()}, classifier_threads(c), int8_setting(c),
+                         batcher, middlewares=[(EdgeMiddleware, {"config": config, "metrics": metrics, "worker": worker.id,
                                                         "direct": direct})])
     routes = Routes(runtime, batcher, board, ready=lambda: worker_ready(server))
     routes.register(server.app)

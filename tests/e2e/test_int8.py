@@ -6,12 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.conftest import ROOT, Server
-
-
-def gen(url, **body):
-    r = httpx.post(url + "/generate", json={"stream": False, **body}, timeout=120)
-    assert r.status_code == 200, r.text
-    return r.json()
+from tests.e2e.test_service import gen
 
 
 def test_info_names_the_variant_served_and_why(bundled):

@@ -315,16 +315,19 @@ def test_sigterm_ends_streams_with_a_final_event(artifacts):
     s.stop()
 
 
-def test_a_stream_interval_puts_the_tokens_made_meanwhile_in_one_event(server, artifacts, tmp_path):
+def test_a_stream_interval_puts_the_tokens_made_meanwhile_in_one_event(artifacts, tmp_path):
     """RNNSERVE_STREAM_INTERVAL=1000: after the first token a stream writes at most once a second, so the
     200 tokens the tiny model makes in well under that come as the first piece and one more (the same text);
-    the default sends one stream's text every quarter of a millisecond."""
+    the default sends one stream's text every quarter of a millisecond. Each on a server of its own: the
+    default's interval grows with the streams a shared server is running."""
     body = {"prompt": "The cat", "max_tokens": 200, "temperature": 0, "model": "tinylm"}
-    pieces, final, _ = stream(server.url, body)
+    got = {}
+    for interval in ("auto", "1000"):
+        s = Server(artifacts, RNNSERVE_STREAM_INTERVAL=interval, RNNSERVE_STATE_DIR=tmp_path / interval)
+        try:
+            got[interval] = stream(s.url, body)
+        finally:
+            s.stop()
+    (pieces, final, _), (slow, slow_final, _) = got["auto"], got["1000"]
     assert len(pieces) > 3 and "".join(pieces) == final["text"]  # (how many depends on the machine's speed)
-    s = Server(artifacts, RNNSERVE_STREAM_INTERVAL="1000", RNNSERVE_STATE_DIR=tmp_path)
-    try:
-        slow, slow_final, _ = stream(s.url, body)
-    finally:
-        s.stop()
     assert len(slow) <= 3 and "".join(slow) == slow_final["text"] == final["text"]
